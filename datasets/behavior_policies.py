@@ -1,0 +1,106 @@
+"""Scripted behavior policies of the controlled teams, one family per MPE task.
+
+Why scripted, not trained online (see datasets/README.md): each policy follows an explicit *convention*
+(which agent covers which landmark, which predator takes which side of the prey, which pair of
+adversaries hunts which good agent). Conventions are exactly the equilibria that make cooperative data
+multimodal (docs/algorithm.md §2), and with scripted policies the convention of every episode is known,
+so the data card can measure the multimodality of `mixed` exactly. They are also strong, fast and need
+no checkpoint: the code below *is* the policy.
+
+A policy reads the env's world (positions and velocities of every entity) and returns one action per
+controlled agent in the osd convention, [-1, 1] per dimension (osd_common maps it to mpe2's [0, 1]).
+`noise_std` adds Gaussian noise to every action, as OMAR added exploration noise for diversity, and
+`random_prob` replaces the whole team's action by a uniform random one at a step with that probability:
+that is how the medium tier is made from an expert convention.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+# All orderings of 3 slots: convention k of spread / tag is PERMUTATIONS_3[k].
+PERMUTATIONS_3 = list(itertools.permutations(range(3)))
+# World: which 2 of the 4 adversaries (leader = 0) chase good agent 0; the other 2 chase good agent 1.
+WORLD_PAIRINGS = list(itertools.combinations(range(4), 2))
+N_CONVENTIONS = 6
+GAIN_POSITION, GAIN_VELOCITY = 4.0, 1.0  # PD controller on position error, damping on velocity
+
+
+def _move(direction: np.ndarray, act_dim: int = 5) -> np.ndarray:
+    """An action in [-1, 1]^act_dim whose mpe2 force points along `direction` (extra dims, e.g. the
+    world leader's 4 communication dims, stay at -1, i.e. 0 in mpe2's [0, 1] box)."""
+    dx, dy = np.clip(direction, -1.0, 1.0)
+    env_action = np.zeros(act_dim, dtype=np.float32)  # mpe2 space, [0, 1]
+    env_action[1:5] = [max(-dx, 0.0), max(dx, 0.0), max(-dy, 0.0), max(dy, 0.0)]
+    return 2.0 * env_action - 1.0
+
+
+def _pd(agent, target: np.ndarray) -> np.ndarray:
+    return GAIN_POSITION * (target - agent.state.p_pos) - GAIN_VELOCITY * agent.state.p_vel
+
+
+class ScriptedTeam:
+    """A team policy with a fixed convention, optional action noise and optional random steps."""
+
+    def __init__(self, task: str, convention: int, noise_std: float = 0.0, random_prob: float = 0.0):
+        if not 0 <= convention < N_CONVENTIONS:
+            raise ValueError(f"convention must be in [0, {N_CONVENTIONS}), got {convention}")
+        self.task, self.convention = task, convention
+        self.noise_std, self.random_prob = noise_std, random_prob
+
+    @property
+    def policy_id(self) -> str:
+        return (f"scripted:{self.task}:convention{self.convention}:noise{self.noise_std:g}"
+                f":random{self.random_prob:g}")
+
+    def clean_actions(self, env) -> list[np.ndarray]:
+        world = env.world
+        agents = {a.name: a for a in world.agents}
+        team = [agents[name] for name in env.agent_names]
+        if self.task == "mpe/simple_spread":
+            # agent i covers landmark PERMUTATIONS_3[c][i]
+            order = PERMUTATIONS_3[self.convention]
+            return [_move(_pd(agent, world.landmarks[order[i]].state.p_pos)) for i, agent in enumerate(team)]
+        if self.task == "mpe/simple_tag":
+            # predator i approaches its own side of the prey (slot angle 120 deg apart), then closes in
+            prey = next(a for a in world.agents if not a.adversary)
+            order = PERMUTATIONS_3[self.convention]
+            actions = []
+            for i, agent in enumerate(team):
+                angle = 2.0 * np.pi * order[i] / 3.0
+                lead = prey.state.p_pos + 0.3 * prey.state.p_vel
+                distance = np.linalg.norm(lead - agent.state.p_pos)
+                offset = min(0.25, 0.5 * distance) * np.array([np.cos(angle), np.sin(angle)])
+                actions.append(_move(_pd(agent, lead + offset)))
+            return actions
+        if self.task == "mpe/simple_world_comm":
+            # adversaries in WORLD_PAIRINGS[c] hunt good agent 0, the others good agent 1
+            good = [a for a in world.agents if not a.adversary]
+            pair = WORLD_PAIRINGS[self.convention]
+            actions = []
+            for i, agent in enumerate(team):
+                prey = good[0] if i in pair else good[1]
+                target = prey.state.p_pos + 0.3 * prey.state.p_vel
+                actions.append(_move(_pd(agent, target), act_dim=env.act_dims[i]))
+            return actions
+        raise ValueError(f"no scripted behavior policy for task {self.task!r}")
+
+    def __call__(self, env, rng: np.random.Generator) -> list[np.ndarray]:
+        if self.random_prob > 0 and rng.random() < self.random_prob:
+            return [rng.uniform(-1.0, 1.0, d).astype(np.float32) for d in env.act_dims]
+        actions = self.clean_actions(env)
+        if self.noise_std > 0:
+            actions = [a + self.noise_std * rng.standard_normal(a.shape) for a in actions]
+        return [np.clip(a, -1.0, 1.0).astype(np.float32) for a in actions]
+
+
+class UniformRandomTeam:
+    """The `random` tier's behavior: every action uniform in [-1, 1] (OMAR used an untrained network;
+    uniform actions are the simpler, parameter-free reading of 'no skill')."""
+
+    policy_id = "uniform-random"
+
+    def __call__(self, env, rng: np.random.Generator) -> list[np.ndarray]:
+        return [rng.uniform(-1.0, 1.0, d).astype(np.float32) for d in env.act_dims]

@@ -1,0 +1,265 @@
+"""Make any osd dataset, deterministically, from the scripted behavior policies in this folder.
+
+    python datasets/generate.py --task mpe/simple_spread --tier mixed      # one dataset into the cache
+    python datasets/generate.py --all                                      # every MPE task x tier
+    python datasets/generate.py --measure-references                       # R_random / R_expert, 200 episodes
+    python datasets/generate.py --card                                     # refresh the tables of datasets/README.md
+
+Datasets go to the git-ignored cache `datasets/cache/<task>/<tier>.npz` (or `--out PATH`); an existing
+file is never overwritten without `--force`. The same `--seed` always gives the same file (same sha256).
+
+Tiers (sizes in TIER_EPISODES; what each is for in datasets/README.md):
+  expert         convention 0, action noise N(0, 0.1^2)
+  medium         the expert, but at each step with probability MEDIUM_RANDOM_PROB[task] the team acts
+                 uniformly at random; the probability is set so the data scores about 50 normalized
+  medium-replay  a stand-in for OMAR's replay buffer: the random-step probability falls linearly from 1
+                 (random) to the medium level over the episodes, as a learner's buffer improves
+  random         uniform random actions
+  mixed          20% each: expert episodes of conventions 0, 1 and 2, medium, random: several equally
+                 good but incompatible joint behaviors pooled with poor data, the case OMSD is for
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from importlib import metadata
+
+import numpy as np
+from tqdm import tqdm
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import osd_common  # noqa: E402
+from behavior_policies import ScriptedTeam, UniformRandomTeam  # noqa: E402
+
+GENERATOR_VERSION = "osd-datasets-1"
+EXPERT_NOISE = 0.1
+# Chosen from a sweep of the random-step probability (datasets/README.md) for ~50 normalized score.
+MEDIUM_RANDOM_PROB = {"mpe/simple_spread": 0.65, "mpe/simple_tag": 0.4, "mpe/simple_world_comm": 0.5}
+TIER_EPISODES = {
+    "mpe/simple_spread": {"expert": 4000, "medium": 4000, "medium-replay": 1000, "random": 4000, "mixed": 4000},
+    "mpe/simple_tag": {"expert": 4000, "medium": 4000, "medium-replay": 1000, "random": 4000, "mixed": 4000},
+    "mpe/simple_world_comm": {"expert": 2000, "medium": 2000, "medium-replay": 500, "random": 2000, "mixed": 2000},
+}
+MIXED_CONVENTIONS = (0, 1, 2)
+REFERENCE_EPISODES = 200
+# Reset seeds of dataset episodes start here, far from the small seeds evaluation uses (seed + episode).
+DATA_RESET_SEED_OFFSET = 10_000_000
+
+
+def expert_policy(task: str, convention: int = 0) -> ScriptedTeam:
+    """The expert behavior policy of `task` (also the one R_expert is measured with)."""
+    return ScriptedTeam(task, convention, noise_std=EXPERT_NOISE)
+
+
+def episode_plan(task: str, tier: str, episodes: int) -> list[tuple[str, object]]:
+    """(label, policy) of every episode of a tier, in file order."""
+    medium = MEDIUM_RANDOM_PROB[task]
+    if tier == "expert":
+        return [("expert-convention0", expert_policy(task))] * episodes
+    if tier == "medium":
+        return [("medium", ScriptedTeam(task, 0, EXPERT_NOISE, medium))] * episodes
+    if tier == "random":
+        return [("random", UniformRandomTeam())] * episodes
+    if tier == "medium-replay":
+        probs = np.linspace(1.0, medium, episodes)
+        return [(f"replay-random{p:.2f}", ScriptedTeam(task, 0, EXPERT_NOISE, float(p))) for p in probs]
+    if tier == "mixed":
+        parts = [(f"expert-convention{c}", expert_policy(task, c)) for c in MIXED_CONVENTIONS]
+        parts += [("medium", ScriptedTeam(task, 0, EXPERT_NOISE, medium)), ("random", UniformRandomTeam())]
+        share = episodes // len(parts)
+        plan = [part for part in parts for _ in range(share)]
+        return plan + [parts[0]] * (episodes - len(plan))
+    raise ValueError(f"unknown tier {tier!r}: use one of {', '.join(osd_common.TIERS)}")
+
+
+def rollout(env, policy, rng: np.random.Generator, reset_seed: int) -> dict[str, list]:
+    """One episode of `policy`; returns the per-step lists of every transition field."""
+    steps = {k: [] for k in osd_common.TRANSITION_FIELDS}
+    obs, state = env.reset(seed=reset_seed)
+    done = False
+    while not done:
+        actions = policy(env, rng)
+        next_obs, next_state, reward, terminated, truncated = env.step(actions)
+        done = terminated or truncated
+        steps["observations"].append(obs)
+        steps["actions"].append(actions)
+        steps["rewards"].append(reward)
+        steps["next_observations"].append(next_obs)
+        steps["states"].append(state)
+        steps["next_states"].append(next_state)
+        steps["terminals"].append(float(terminated))
+        steps["timeouts"].append(float(truncated))
+        obs, state = next_obs, next_state
+    return steps
+
+
+def pad_agents(per_step: list[list[np.ndarray]], width: int) -> np.ndarray:
+    """[T][N] arrays of different sizes -> float32 [T, N, width], zero-padded."""
+    out = np.zeros((len(per_step), len(per_step[0]), width), dtype=np.float32)
+    for t, agents in enumerate(per_step):
+        for i, value in enumerate(agents):
+            out[t, i, : value.shape[0]] = value
+    return out
+
+
+def generate(task: str, tier: str, out=None, episodes: int | None = None, seed: int = 0,
+             force: bool = False, progress: bool = True) -> pathlib.Path:
+    """Generate one dataset file and return its path."""
+    osd_common.check_task(task)
+    if task not in TIER_EPISODES:
+        raise SystemExit(f"--task {task}: datasets are generated here for {', '.join(TIER_EPISODES)} only; "
+                         "bring your own file for other tasks (see datasets/README.md, 'Your own data')")
+    if tier not in osd_common.TIERS:
+        raise SystemExit(f"--tier {tier}: use one of {', '.join(osd_common.TIERS)}")
+    out = pathlib.Path(out) if out is not None else osd_common.dataset_path(task, tier)
+    if out.exists() and not force:
+        raise SystemExit(f"{out} exists already: pass --force to overwrite it")
+    episodes = episodes or TIER_EPISODES[task][tier]
+    plan = episode_plan(task, tier, episodes)
+    env = osd_common.make_env(task)
+    rng = np.random.default_rng(seed)
+    columns = {k: [] for k in osd_common.TRANSITION_FIELDS}
+    for episode, (_, policy) in enumerate(tqdm(plan, desc=f"{task}/{tier}", disable=not progress)):
+        steps = rollout(env, policy, rng, DATA_RESET_SEED_OFFSET + seed * 1_000_000 + episode)
+        for key, values in steps.items():
+            columns[key].extend(values)
+    env.close()
+    arrays = {
+        "observations": pad_agents(columns["observations"], max(env.obs_dims)),
+        "next_observations": pad_agents(columns["next_observations"], max(env.obs_dims)),
+        "actions": pad_agents(columns["actions"], max(env.act_dims)),
+        "states": np.asarray(columns["states"], dtype=np.float32),
+        "next_states": np.asarray(columns["next_states"], dtype=np.float32),
+        "rewards": np.asarray(columns["rewards"], dtype=np.float32),
+        "terminals": np.asarray(columns["terminals"], dtype=np.float32),
+        "timeouts": np.asarray(columns["timeouts"], dtype=np.float32),
+        "obs_mask": (np.arange(max(env.obs_dims))[None] < np.array(env.obs_dims)[:, None]).astype(np.float32),
+        "act_mask": (np.arange(max(env.act_dims))[None] < np.array(env.act_dims)[:, None]).astype(np.float32),
+    }
+    ref_random, ref_expert = osd_common.reference_returns(task)
+    labels, counts = np.unique([label for label, _ in plan], return_counts=True)
+    meta = {
+        "task": task, "tier": tier, "n_agents": env.n_agents, "agent_names": env.agent_names,
+        "obs_dims": env.obs_dims, "act_dims": env.act_dims, "state_dim": env.state_dim,
+        "ref_random": ref_random, "ref_expert": ref_expert, "seed": seed,
+        "generator_version": GENERATOR_VERSION,
+        "behavior_policies": sorted({policy.policy_id for _, policy in plan}),
+        "episode_labels": {str(k): int(v) for k, v in zip(labels, counts)},
+        "packages": {p: metadata.version(p) for p in ("mpe2", "pettingzoo", "numpy")},
+    }
+    return osd_common.save_dataset(out, arrays, meta, force=force)
+
+
+def measure_references(episodes: int = REFERENCE_EPISODES, tasks=tuple(TIER_EPISODES)) -> dict:
+    """R_random and R_expert per task, on the evaluation reset seeds 0..episodes-1 (as evaluate() uses)."""
+    table = json.loads(osd_common.REFERENCE_RETURNS_FILE.read_text()) if osd_common.REFERENCE_RETURNS_FILE.exists() else {}
+    for task in tasks:
+        env = osd_common.make_env(task)
+        entry = {"episodes": episodes, "command": "python datasets/generate.py --measure-references"}
+        for name, policy in (("random", UniformRandomTeam()), ("expert", expert_policy(task))):
+            rng = np.random.default_rng(12345)
+            returns = [float(np.sum(rollout(env, policy, rng, k)["rewards"]))
+                       for k in tqdm(range(episodes), desc=f"{task} {name}")]
+            entry[f"R_{name}"] = float(np.mean(returns))
+            entry[f"R_{name}_std"] = float(np.std(returns))
+            entry[f"R_{name}_stderr"] = float(np.std(returns) / np.sqrt(episodes))
+            entry[f"{name}_policy"] = policy.policy_id
+        table[task] = entry
+        env.close()
+    osd_common.REFERENCE_RETURNS_FILE.write_text(json.dumps(table, indent=2) + "\n")
+    return table
+
+
+def spread_assignment_shares(dataset: osd_common.Dataset) -> dict[str, float]:
+    """Measured multimodality of a spread dataset: at each episode's last step, which landmark each
+    agent is nearest to. A permutation like '012' means agent i covers landmark i; 'overlap' means two
+    agents sit nearest the same landmark (no clean assignment)."""
+    last = np.flatnonzero((dataset.terminals > 0) | (dataset.timeouts > 0))
+    # spread obs: [vel(2), pos(2), landmark_rel(3x2), other_rel(2x2), comm(4)]
+    landmark_rel = dataset.next_observations[last][:, :, 4:10].reshape(len(last), 3, 3, 2)
+    nearest = np.linalg.norm(landmark_rel, axis=-1).argmin(-1)  # [episodes, agents]
+    labels = ["".join(map(str, row)) if len(set(row)) == 3 else "overlap" for row in nearest]
+    keys, counts = np.unique(labels, return_counts=True)
+    return {str(k): float(c) / len(labels) for k, c in zip(keys, counts)}
+
+
+def data_card() -> str:
+    """Markdown tables of every cached dataset's metadata (and spread's measured assignments)."""
+    rows = ["| task | tier | transitions | episodes | return mean ± std | normalized score of the data |",
+            "|---|---|---|---|---|---|"]
+    shares = []
+    for task in TIER_EPISODES:
+        for tier in osd_common.TIERS:
+            path = osd_common.dataset_path(task, tier)
+            if not path.exists():
+                rows.append(f"| {task} | {tier} | not generated | | | |")
+                continue
+            data = osd_common.load_dataset(path)
+            m = data.meta
+            rows.append(f"| {task} | {tier} | {m['transitions']:,} | {m['episodes']:,} | "
+                        f"{m['return_mean']:.2f} ± {m['return_std']:.2f} | {m['normalized_score']:.1f} |")
+            if task == "mpe/simple_spread" and tier in ("expert", "mixed"):
+                measured = spread_assignment_shares(data)
+                shares.append(f"| {tier} | " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in
+                                                        sorted(measured.items(), key=lambda kv: -kv[1])) + " |")
+            if tier == "mixed":
+                shares.append(f"| {task} mixed, episodes by behavior | " + ", ".join(
+                    f"{k}: {v}" for k, v in m["episode_labels"].items()) + " |")
+    refs = json.loads(osd_common.REFERENCE_RETURNS_FILE.read_text())
+    ref_rows = ["| task | R_random (mean ± std, stderr) | R_expert (mean ± std, stderr) | episodes |",
+                "|---|---|---|---|"]
+    for task, e in refs.items():
+        ref_rows.append(f"| {task} | {e['R_random']:.2f} ± {e['R_random_std']:.2f} ({e['R_random_stderr']:.2f}) | "
+                        f"{e['R_expert']:.2f} ± {e['R_expert_std']:.2f} ({e['R_expert_stderr']:.2f}) | {e['episodes']} |")
+    return ("\n".join(ref_rows) + "\n\n" + "\n".join(rows) + "\n\n| dataset | multimodality |\n|---|---|\n"
+            + "\n".join(shares) + "\n")
+
+
+def write_card(readme: pathlib.Path = HERE / "README.md") -> None:
+    begin, end = "<!-- card:begin -->", "<!-- card:end -->"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme}: needs the markers {begin} and {end} around the generated tables")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(head + begin + "\n" + data_card() + end + tail)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="mpe/simple_spread", help=f"one of {', '.join(TIER_EPISODES)}")
+    parser.add_argument("--tier", default="mixed", help=f"one of {', '.join(osd_common.TIERS)}")
+    parser.add_argument("--out", default=None, help="output .npz (default: the cache, datasets/cache/<task>/<tier>.npz)")
+    parser.add_argument("--episodes", type=int, default=None, help="override the tier's episode count")
+    parser.add_argument("--seed", type=int, default=0, help="data seed: same seed, same file")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    parser.add_argument("--all", action="store_true", help="every MPE task x tier into the cache")
+    parser.add_argument("--measure-references", action="store_true", help="measure R_random/R_expert per task")
+    parser.add_argument("--card", action="store_true", help="rewrite the tables in datasets/README.md")
+    args = parser.parse_args()
+    if args.measure_references:
+        print(json.dumps(measure_references(), indent=2))
+    elif args.card:
+        write_card()
+    elif args.all:
+        for task in TIER_EPISODES:
+            for tier in osd_common.TIERS:
+                if osd_common.dataset_path(task, tier).exists() and not args.force:
+                    print(f"{task}/{tier}: cached, skipping (--force regenerates)")
+                    continue
+                print(generate(task, tier, seed=args.seed, force=args.force))
+    else:
+        try:
+            print(generate(args.task, args.tier, out=args.out, episodes=args.episodes, seed=args.seed, force=args.force))
+        except osd_common.TaskError as err:
+            raise SystemExit(f"--task: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

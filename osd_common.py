@@ -1,0 +1,516 @@
+"""Shared, non-algorithmic code of osd: environments, the dataset format, and evaluation.
+
+Everything the algorithm scripts (`osd_mpe.py`, `osd_mamujoco.py`) and the baselines need that is not
+the algorithm itself lives here, so that each script can stay a single readable file:
+
+* `make_env(task)`: one multi-agent interface over `mpe2` (PettingZoo) and
+  `gymnasium_robotics.mamujoco_v1`: controlled agents only, actions in [-1, 1], one team reward, a global
+  state. Fixed opponents (the prey of predator-prey, the good agents of world) are hidden inside.
+* `save_dataset` / `load_dataset`: one `.npz` file per dataset, holding the transitions and a JSON
+  metadata record. Loading validates every field and raises one `DatasetError` that names the file,
+  the field and what to do.
+* `evaluate(act_fn, task, episodes, seed)`: decentralized rollouts on the real env, mean/std team return
+  and the D4RL-style normalized score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import warnings
+from typing import Callable
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent
+# Generated datasets live in a git-ignored cache; OSD_DATA_DIR moves it (e.g. to a shared disk).
+DATASET_CACHE = pathlib.Path(os.environ.get("OSD_DATA_DIR", REPO_ROOT / "datasets" / "cache"))
+REFERENCE_RETURNS_FILE = REPO_ROOT / "datasets" / "reference_returns.json"
+DATASET_FORMAT_VERSION = 1
+
+MPE_TASKS = ("mpe/simple_spread", "mpe/simple_tag", "mpe/simple_world_comm")
+MAMUJOCO_TASKS = ("mamujoco/HalfCheetah-2x3",)
+TASKS = MPE_TASKS + MAMUJOCO_TASKS
+TIERS = ("expert", "medium", "medium-replay", "random", "mixed")
+MPE_EPISODE_STEPS = 25
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or malformed. The message names the file, the field and the fix."""
+
+
+class TaskError(ValueError):
+    """An unknown task name. The message lists the valid ones."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Environments
+# ---------------------------------------------------------------------------------------------------
+def check_task(task: str) -> str:
+    """Return `task` if we can build it, else raise TaskError listing the valid names."""
+    if task in TASKS:
+        return task
+    if task.startswith("mamujoco/") and "-" in task.split("/", 1)[1]:
+        return task  # any gymnasium_robotics agent split, e.g. mamujoco/Ant-2x4, for users' own data
+    raise TaskError(
+        f"unknown task {task!r}: use one of {', '.join(TASKS)}, or 'mamujoco/<Scenario>-<agent_conf>' "
+        "(e.g. mamujoco/Ant-2x4) for another MaMuJoCo split"
+    )
+
+
+def _to_env_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Map an action in [-1, 1] affinely onto the env's box [low, high] (docs/algorithm.md §1)."""
+    action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+    return (low + (action + 1.0) * 0.5 * (high - low)).astype(np.float32)
+
+
+def _move_action(direction: np.ndarray) -> np.ndarray:
+    """An mpe2 5-D continuous move action in [0, 1] whose force points along `direction` (2-D, |d|<=1).
+
+    mpe2 computes the force as (a[2] - a[1], a[4] - a[3]) * accel, so each axis uses one of its pair.
+    """
+    dx, dy = np.clip(direction, -1.0, 1.0)
+    return np.array([0.0, max(-dx, 0.0), max(dx, 0.0), max(-dy, 0.0), max(dy, 0.0)], dtype=np.float32)
+
+
+def _flee_direction(me, chasers, world_radius: float = 0.9) -> np.ndarray:
+    """Scripted evasion: away from the chasers (closer ones weigh more), back toward the centre when
+    near the edge of the arena. Shared by the prey of predator-prey and the good agents of world."""
+    push = np.zeros(2)
+    for chaser in chasers:
+        delta = me.state.p_pos - chaser.state.p_pos
+        dist = np.linalg.norm(delta) + 1e-6
+        push += delta / dist**3
+    direction = push / (np.linalg.norm(push) + 1e-6)
+    radius = np.linalg.norm(me.state.p_pos)
+    if radius > world_radius * 0.7:  # the arena has no walls: leaving it is penalised, so turn back
+        inward = -me.state.p_pos / radius
+        weight = min((radius - world_radius * 0.7) / (world_radius * 0.3), 1.0)
+        direction = (1.0 - weight) * direction + weight * inward
+    return direction / (np.linalg.norm(direction) + 1e-6)
+
+
+def _prey_policy(world) -> dict[str, np.ndarray]:
+    """Fixed prey of mpe/simple_tag: a scripted flee heuristic (deterministic, no parameters to ship)."""
+    chasers = [a for a in world.agents if a.adversary]
+    return {a.name: _move_action(_flee_direction(a, chasers)) for a in world.agents if not a.adversary}
+
+
+def _world_good_agents_policy(world) -> dict[str, np.ndarray]:
+    """Fixed good agents of mpe/simple_world_comm: flee adversaries that come within 0.5, otherwise go
+    to the nearest food (their reward). Scripted, deterministic."""
+    chasers = [a for a in world.agents if a.adversary]
+    actions = {}
+    for agent in world.agents:
+        if agent.adversary:
+            continue
+        threats = [c for c in chasers if np.linalg.norm(c.state.p_pos - agent.state.p_pos) < 0.5]
+        if threats:
+            direction = _flee_direction(agent, threats)
+        else:
+            food = min(world.food, key=lambda f: np.linalg.norm(f.state.p_pos - agent.state.p_pos))
+            delta = food.state.p_pos - agent.state.p_pos
+            direction = 3.0 * delta - 0.5 * agent.state.p_vel
+        actions[agent.name] = _move_action(direction)
+    return actions
+
+
+class MultiAgentEnv:
+    """One interface for every task: the controlled agents, per-agent obs/action sizes, a global state,
+    one team reward, actions in [-1, 1]. Fixed opponents act inside `step` and are never seen.
+
+    Team reward: the mean of the controlled agents' rewards. In predator-prey and world the predators'
+    rewards are identical, so this is each one's reward; in spread it is the shared coverage term plus
+    the mean collision penalty; in MaMuJoCo all agents get the same reward.
+    """
+
+    task: str
+    n_agents: int
+    agent_names: list[str]
+    obs_dims: list[int]
+    act_dims: list[int]
+    state_dim: int
+    max_episode_steps: int
+
+    def reset(self, seed: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+        raise NotImplementedError
+
+    def step(self, actions) -> tuple[list[np.ndarray], np.ndarray, float, bool, bool]:
+        raise NotImplementedError
+
+    def render(self) -> np.ndarray | None:
+        return self._env.render()
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class MPEEnv(MultiAgentEnv):
+    """mpe2 scenario, continuous actions, 25 steps. The global state is the concatenation of the
+    controlled agents' observations (docs/algorithm.md §1)."""
+
+    def __init__(self, task: str, render_mode: str | None = None):
+        from mpe2 import simple_spread_v3, simple_tag_v3, simple_world_comm_v3
+
+        module = {"mpe/simple_spread": simple_spread_v3, "mpe/simple_tag": simple_tag_v3,
+                  "mpe/simple_world_comm": simple_world_comm_v3}[task]
+        # curriculum=True is broken in mpe2 1.1.1: never pass it.
+        self._env = module.parallel_env(continuous_actions=True, max_cycles=MPE_EPISODE_STEPS,
+                                        render_mode=render_mode)
+        self.task = task
+        self._opponent_policy = {"mpe/simple_spread": None, "mpe/simple_tag": _prey_policy,
+                                 "mpe/simple_world_comm": _world_good_agents_policy}[task]
+        all_agents = list(self._env.possible_agents)
+        if task == "mpe/simple_spread":
+            self.agent_names = all_agents
+        else:  # the learners are the adversaries (predators, incl. world's leader)
+            self.agent_names = [a for a in all_agents if "adversary" in a]
+        self.n_agents = len(self.agent_names)
+        self.obs_dims = [int(self._env.observation_space(a).shape[0]) for a in self.agent_names]
+        self.act_dims = [int(self._env.action_space(a).shape[0]) for a in self.agent_names]
+        self._act_low = [self._env.action_space(a).low for a in self.agent_names]
+        self._act_high = [self._env.action_space(a).high for a in self.agent_names]
+        self.state_dim = sum(self.obs_dims)
+        self.max_episode_steps = MPE_EPISODE_STEPS
+
+    @property
+    def world(self):
+        """The mpe2 world (positions of every entity): for scripted behavior policies and opponents."""
+        return self._env.unwrapped.world
+
+    def _observe(self, obs_dict) -> tuple[list[np.ndarray], np.ndarray]:
+        obs = [np.asarray(obs_dict[a], dtype=np.float32) for a in self.agent_names]
+        return obs, np.concatenate(obs)
+
+    def reset(self, seed: int | None = None):
+        obs_dict, _ = self._env.reset(seed=seed)
+        self._last_obs = obs_dict
+        return self._observe(obs_dict)
+
+    def step(self, actions):
+        if len(actions) != self.n_agents:
+            raise ValueError(f"{self.task}: expected {self.n_agents} actions, got {len(actions)}")
+        env_actions = {name: _to_env_action(a, lo, hi)
+                       for name, a, lo, hi in zip(self.agent_names, actions, self._act_low, self._act_high)}
+        if self._opponent_policy is not None:
+            env_actions.update(self._opponent_policy(self.world))
+        obs_dict, rewards, terminations, truncations, _ = self._env.step(env_actions)
+        team_reward = float(np.mean([rewards[a] for a in self.agent_names]))
+        terminated = any(terminations[a] for a in self.agent_names)
+        truncated = (not terminated) and (any(truncations[a] for a in self.agent_names) or not self._env.agents)
+        obs, state = self._observe(obs_dict)
+        return obs, state, team_reward, terminated, truncated
+
+
+class MaMuJoCoEnv(MultiAgentEnv):
+    """gymnasium_robotics.mamujoco_v1, e.g. HalfCheetah split into 2 agents of 3 joints. The global state
+    is `env.state()`; the 1000-step limit is a timeout (truncated), never a terminal."""
+
+    def __init__(self, task: str, render_mode: str | None = None, agent_obsk: int = 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from gymnasium_robotics import mamujoco_v1
+
+            scenario, agent_conf = task.split("/", 1)[1].split("-", 1)
+            self._env = mamujoco_v1.parallel_env(scenario, agent_conf, agent_obsk=agent_obsk,
+                                                 render_mode=render_mode)
+        self.task = task
+        self.agent_obsk = agent_obsk
+        self.agent_names = list(self._env.possible_agents)
+        self.n_agents = len(self.agent_names)
+        self.obs_dims = [int(self._env.observation_space(a).shape[0]) for a in self.agent_names]
+        self.act_dims = [int(self._env.action_space(a).shape[0]) for a in self.agent_names]
+        self._act_low = [self._env.action_space(a).low for a in self.agent_names]
+        self._act_high = [self._env.action_space(a).high for a in self.agent_names]
+        self.state_dim = int(self._env.state().shape[0]) if hasattr(self._env, "state") else 0
+        self.max_episode_steps = 1000
+
+    def reset(self, seed: int | None = None):
+        obs_dict, _ = self._env.reset(seed=seed)
+        obs = [np.asarray(obs_dict[a], dtype=np.float32) for a in self.agent_names]
+        return obs, np.asarray(self._env.state(), dtype=np.float32)
+
+    def step(self, actions):
+        if len(actions) != self.n_agents:
+            raise ValueError(f"{self.task}: expected {self.n_agents} actions, got {len(actions)}")
+        env_actions = {name: _to_env_action(a, lo, hi)
+                       for name, a, lo, hi in zip(self.agent_names, actions, self._act_low, self._act_high)}
+        obs_dict, rewards, terminations, truncations, _ = self._env.step(env_actions)
+        team_reward = float(np.mean([rewards[a] for a in self.agent_names]))
+        terminated = any(bool(terminations[a]) for a in self.agent_names)
+        truncated = (not terminated) and any(bool(truncations[a]) for a in self.agent_names)
+        obs = [np.asarray(obs_dict[a], dtype=np.float32) for a in self.agent_names]
+        return obs, np.asarray(self._env.state(), dtype=np.float32), team_reward, terminated, truncated
+
+
+def make_env(task: str, render_mode: str | None = None) -> MultiAgentEnv:
+    """Build `task` (see TASKS) behind the uniform multi-agent interface."""
+    check_task(task)
+    if task.startswith("mpe/"):
+        return MPEEnv(task, render_mode=render_mode)
+    return MaMuJoCoEnv(task, render_mode=render_mode)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------------
+TRANSITION_FIELDS = ("observations", "actions", "rewards", "next_observations", "states", "next_states",
+                     "terminals", "timeouts")
+REQUIRED_META = ("task", "tier", "n_agents", "obs_dims", "act_dims", "state_dim", "ref_random", "ref_expert")
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Transitions of a cooperative team. Agents with smaller obs/action sizes are zero-padded to the
+    largest; `obs_mask`/`act_mask` say which entries are real."""
+
+    path: pathlib.Path
+    meta: dict
+    observations: np.ndarray  # float32 [T, N, max_obs_dim]
+    actions: np.ndarray  # float32 [T, N, max_act_dim], in [-1, 1]
+    rewards: np.ndarray  # float32 [T], team reward
+    next_observations: np.ndarray  # float32 [T, N, max_obs_dim]
+    states: np.ndarray  # float32 [T, state_dim]
+    next_states: np.ndarray  # float32 [T, state_dim]
+    terminals: np.ndarray  # float32 [T]; 1 only where the env terminated (timeouts are not terminals)
+    timeouts: np.ndarray  # float32 [T]; 1 on the last step of a time-limited episode
+    obs_mask: np.ndarray  # float32 [N, max_obs_dim]
+    act_mask: np.ndarray  # float32 [N, max_act_dim]
+
+    def __len__(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def n_agents(self) -> int:
+        return int(self.meta["n_agents"])
+
+
+def dataset_path(task: str, tier: str) -> pathlib.Path:
+    """Where the cache keeps the dataset of `task` and `tier`."""
+    return DATASET_CACHE / check_task(task) / f"{tier}.npz"
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """A content hash of the transition arrays (dtype, shape and bytes, in a fixed order)."""
+    digest = hashlib.sha256()
+    for key in TRANSITION_FIELDS + ("obs_mask", "act_mask"):
+        value = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{value.dtype.str}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def episode_returns(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
+    """Undiscounted team return of every complete episode of a flat transition array."""
+    ends = np.flatnonzero((terminals > 0) | (timeouts > 0))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return np.array([rewards[s:e + 1].sum() for s, e in zip(starts, ends)], dtype=np.float64)
+
+
+def normalized_score(episode_return: float, ref_random: float, ref_expert: float) -> float:
+    """D4RL convention: 0 is the random policy, 100 the expert (docs/algorithm.md §6)."""
+    return 100.0 * (episode_return - ref_random) / (ref_expert - ref_random)
+
+
+def save_dataset(path, arrays: dict[str, np.ndarray], meta: dict, force: bool = False) -> pathlib.Path:
+    """Write one dataset file (`.npz` with the arrays and a JSON `metadata` record). Completes the
+    metadata with sizes, return statistics, the content hash and the format version; validates the
+    result by loading it back. Refuses to overwrite an existing file unless `force`."""
+    path = pathlib.Path(path)
+    if path.suffix != ".npz":
+        raise DatasetError(f"{path}: dataset files end in .npz; choose a name like {path.with_suffix('.npz').name}")
+    if path.exists() and not force:
+        raise DatasetError(f"{path}: exists already; pass --force (force=True) to overwrite it")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise DatasetError(f"{path}: metadata lacks {', '.join(missing)}; add them before saving")
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    returns = episode_returns(arrays["rewards"], arrays["terminals"], arrays["timeouts"])
+    meta = dict(meta)
+    meta.update(
+        version=DATASET_FORMAT_VERSION,
+        transitions=int(arrays["rewards"].shape[0]),
+        episodes=int(returns.shape[0]),
+        return_mean=float(returns.mean()) if returns.size else float("nan"),
+        return_std=float(returns.std()) if returns.size else float("nan"),
+        sha256=arrays_sha256(arrays),
+    )
+    meta["normalized_score"] = normalized_score(meta["return_mean"], meta["ref_random"], meta["ref_expert"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial.npz")  # written whole, then renamed: never half a file
+    np.savez(tmp, metadata=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+    load_dataset(path)
+    return path
+
+
+def _generator_module():
+    """datasets/generate.py, loaded by path (datasets/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("osd_datasets_generate", REPO_ROOT / "datasets" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_dataset_path(name_or_path: str) -> pathlib.Path:
+    """'mpe/simple_spread/expert' -> the cache file; anything ending in .npz -> that file."""
+    name = str(name_or_path)
+    if name.endswith(".npz"):
+        return pathlib.Path(name)
+    task, _, tier = name.rpartition("/")
+    if tier not in TIERS:
+        raise DatasetError(f"{name!r}: not a .npz path, and {tier!r} is no tier; name a dataset as "
+                           f"'<task>/<tier>' with a tier in {', '.join(TIERS)}, or give a path to a .npz file")
+    try:
+        return dataset_path(task, tier)
+    except TaskError as err:
+        raise DatasetError(f"{name!r}: {err}") from None
+
+
+def load_dataset(name_or_path: str, build_if_missing: bool = False) -> Dataset:
+    """Load and validate a dataset by name ('mpe/simple_spread/mixed') or path. With `build_if_missing`,
+    a missing cached dataset is generated first by datasets/generate.py."""
+    path = resolve_dataset_path(name_or_path)
+    if not path.exists():
+        if build_if_missing and not str(name_or_path).endswith(".npz"):
+            task, _, tier = str(name_or_path).rpartition("/")
+            print(f"dataset {name_or_path} is not in the cache yet: generating it into {path}")
+            _generator_module().generate(task, tier, out=path)
+        else:
+            raise DatasetError(
+                f"{path}: no such dataset file; make it with "
+                f"`python datasets/generate.py --task <task> --tier <tier>` or check the path")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {k: archive[k] for k in archive.files}
+    except Exception as err:  # zip errors, truncation, not an npz at all
+        raise DatasetError(f"{path}: cannot be read as a dataset ({type(err).__name__}: {err}); "
+                           "the file is truncated or not a .npz: regenerate it with --force") from None
+    return _validate(path, contents)
+
+
+def _validate(path: pathlib.Path, contents: dict[str, np.ndarray]) -> Dataset:
+    def fail(field: str, problem: str, fix: str = "regenerate it with `python datasets/generate.py ... --force`"):
+        raise DatasetError(f"{path}: field '{field}' {problem}; {fix}")
+
+    if "metadata" not in contents:
+        fail("metadata", "is missing", "this is not an osd dataset file; make one with datasets/generate.py")
+    try:
+        meta = json.loads(str(contents.pop("metadata")))
+    except json.JSONDecodeError as err:
+        fail("metadata", f"is not valid JSON ({err})")
+    for key in REQUIRED_META + ("version", "sha256"):
+        if key not in meta:
+            fail(f"metadata.{key}", "is missing")
+    if meta["version"] != DATASET_FORMAT_VERSION:
+        fail("metadata.version", f"is {meta['version']}, this code reads version {DATASET_FORMAT_VERSION}")
+    try:
+        check_task(meta["task"])
+    except TaskError as err:
+        fail("metadata.task", str(err), "fix the task name in the metadata or regenerate the dataset")
+    n_agents = int(meta["n_agents"])
+    obs_dims, act_dims = list(meta["obs_dims"]), list(meta["act_dims"])
+    if len(obs_dims) != n_agents or len(act_dims) != n_agents:
+        fail("metadata.obs_dims/act_dims", f"do not have one entry per agent (n_agents={n_agents})")
+    for key in ("ref_random", "ref_expert"):
+        if not isinstance(meta[key], (int, float)) or not math.isfinite(meta[key]):
+            fail(f"metadata.{key}", f"is {meta[key]!r}, not a finite number")
+    if meta["ref_expert"] == meta["ref_random"]:
+        fail("metadata.ref_expert", "equals ref_random, so no score can be normalized")
+
+    for key in TRANSITION_FIELDS + ("obs_mask", "act_mask"):
+        if key not in contents:
+            fail(key, "is missing")
+        if contents[key].dtype != np.float32:
+            fail(key, f"has dtype {contents[key].dtype}, expected float32")
+        if not np.all(np.isfinite(contents[key])):
+            bad = int(np.flatnonzero(~np.isfinite(contents[key]).reshape(len(contents[key]), -1).any(-1)
+                                     if contents[key].ndim > 1 else ~np.isfinite(contents[key]))[0])
+            fail(key, f"holds NaN or inf values (first at row {bad})")
+    T = contents["rewards"].shape[0]
+    max_obs, max_act = max(obs_dims), max(act_dims)
+    expected = {
+        "observations": (T, n_agents, max_obs), "next_observations": (T, n_agents, max_obs),
+        "actions": (T, n_agents, max_act), "rewards": (T,), "terminals": (T,), "timeouts": (T,),
+        "states": (T, int(meta["state_dim"])), "next_states": (T, int(meta["state_dim"])),
+        "obs_mask": (n_agents, max_obs), "act_mask": (n_agents, max_act),
+    }
+    for key, shape in expected.items():
+        if contents[key].shape != shape:
+            fail(key, f"has shape {contents[key].shape}, expected {shape} (from rewards' length and the metadata)")
+    if T == 0:
+        fail("rewards", "is empty: the dataset has no transitions")
+    if np.abs(contents["actions"]).max() > 1.0 + 1e-5:
+        fail("actions", f"leave [-1, 1] (max |a| = {np.abs(contents['actions']).max():.3f})",
+             "map each env action box affinely to [-1, 1] before saving")
+    if contents["terminals"][-1] + contents["timeouts"][-1] == 0:
+        fail("terminals/timeouts", "do not end the last episode (the file may be truncated)")
+    if meta.get("transitions", T) != T:
+        fail("metadata.transitions", f"says {meta['transitions']} but the arrays hold {T}")
+    if arrays_sha256(contents) != meta["sha256"]:
+        fail("metadata.sha256", "does not match the arrays: the file was modified or corrupted")
+    return Dataset(path=path, meta=meta, **{k: contents[k] for k in expected})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------
+def reference_returns(task: str) -> tuple[float, float]:
+    """(R_random, R_expert) of `task` as measured by datasets/generate.py --measure-references."""
+    check_task(task)
+    if not REFERENCE_RETURNS_FILE.exists():
+        raise DatasetError(f"{REFERENCE_RETURNS_FILE}: missing; run `python datasets/generate.py --measure-references`")
+    table = json.loads(REFERENCE_RETURNS_FILE.read_text())
+    if task not in table:
+        raise DatasetError(f"{REFERENCE_RETURNS_FILE}: no entry for task {task!r}; pass ref_random/ref_expert "
+                           "explicitly (a dataset's metadata has them) or measure them")
+    return float(table[task]["R_random"]), float(table[task]["R_expert"])
+
+
+def evaluate(act_fn: Callable[[list[np.ndarray]], list[np.ndarray]], task: str, episodes: int, seed: int,
+             ref_random: float | None = None, ref_expert: float | None = None,
+             capture_video: bool = False) -> dict:
+    """Decentralized rollouts of `act_fn` on the real env.
+
+    `act_fn(observations)` receives a list whose entry i is agent i's OWN raw observation (its own size,
+    unpadded, unnormalized) and returns one action in [-1, 1] per agent; agent i's action must depend on
+    observations[i] only. Episode k is reset with seed `seed + k`, so a (policy, seed) pair always
+    replays the same episodes. Returns mean/std team return and the normalized score.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if ref_random is None or ref_expert is None:
+        ref_random, ref_expert = reference_returns(task)
+    env = make_env(task, render_mode="rgb_array" if capture_video else None)
+    returns, frames = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        episode_return, done = 0.0, False
+        while not done:
+            if capture_video and episode == 0:
+                frames.append(env.render())
+            actions = act_fn(obs)
+            obs, _, reward, terminated, truncated = env.step(actions)
+            episode_return += reward
+            done = terminated or truncated
+        returns.append(episode_return)
+    env.close()
+    mean = float(np.mean(returns))
+    result = {
+        "return_mean": mean,
+        "return_std": float(np.std(returns)),
+        "normalized_score": normalized_score(mean, ref_random, ref_expert),
+        "returns": returns,
+    }
+    if capture_video:
+        result["frames"] = frames
+    return result

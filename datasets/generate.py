@@ -206,7 +206,7 @@ def data_card() -> str:
                         f"{m['return_mean']:.2f} ± {m['return_std']:.2f} | {m['normalized_score']:.1f} |")
             if task == "mpe/simple_spread" and tier in ("expert", "mixed"):
                 measured = spread_assignment_shares(data)
-                shares.append(f"| {tier} | " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in
+                shares.append(f"| {task} {tier}, nearest landmark per agent at the last step (measured) | " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in
                                                         sorted(measured.items(), key=lambda kv: -kv[1])) + " |")
             if tier == "mixed":
                 shares.append(f"| {task} mixed, episodes by behavior | " + ", ".join(

@@ -36,7 +36,8 @@ DATASET_FORMAT_VERSION = 1
 MPE_TASKS = ("mpe/simple_spread", "mpe/simple_tag", "mpe/simple_world_comm")
 MAMUJOCO_TASKS = ("mamujoco/HalfCheetah-2x3",)
 TASKS = MPE_TASKS + MAMUJOCO_TASKS
-TIERS = ("expert", "medium", "medium-replay", "random", "mixed")
+# MPE tiers: expert, medium, medium-replay, random, mixed; MaMuJoCo: the same without mixed, plus medium-expert
+TIERS = ("expert", "medium", "medium-replay", "random", "mixed", "medium-expert")
 MPE_EPISODE_STEPS = 25
 
 
@@ -514,3 +515,163 @@ def evaluate(act_fn: Callable[[list[np.ndarray]], list[np.ndarray]], task: str, 
     if capture_video:
         result["frames"] = frames
     return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run records: one JSON file per finished training run (benchmarks/grid.py writes the grid of them,
+# benchmarks/report.py turns them into docs/results.md). Every algorithm script writes the same schema.
+# ---------------------------------------------------------------------------------------------------
+RECORD_VERSION = 1
+# key -> type(s) the value must have; make_record fills them all, load_record checks them all
+RECORD_SCHEMA = {
+    "record_version": int,
+    "algorithm": str,  # omsd, omsd-independent, bc, matd3-bc
+    "task": str,
+    "tier": str,
+    "seed": int,
+    "dataset": dict,  # path, sha256, transitions
+    "final_normalized_score": float,  # at the last evaluation
+    "final_return_mean": float,
+    "final_return_std": float,
+    "best_normalized_score": float,  # max over evaluations: optimistic, chosen on the evaluation itself
+    "eval_episodes": int,
+    "eval_curve": list,  # [[step, normalized_score], ...] in the algorithm's own training steps
+    "updates": int,  # training-loop iterations, one batch each (OMSD: phase-1 + actor steps; MATD3+BC: critic
+    #                  steps, every policy_freq-th with an actor update; BC: steps)
+    "train_time_s": float,  # training time without evaluations
+    "updates_per_s": float,  # updates / train_time_s
+    "wall_time_s": float,  # the whole run: loading, training, evaluations, checkpoint
+    "git_commit": (str, type(None)),  # None outside a git checkout or before the first commit
+    "git_dirty": (bool, type(None)),
+    "machine": dict,  # platform, python, cpu_count, torch, torch_threads, device, device_name
+    "command": str,  # the command line that made the run
+    "args": dict,
+    "run_name": str,
+    "checkpoint": (str, type(None)),
+    "finished_at": str,  # ISO 8601, UTC
+}
+
+
+class RecordError(ValueError):
+    """A run record is missing, unreadable or incomplete."""
+
+
+def git_commit() -> tuple[str | None, bool | None]:
+    """(HEAD commit, whether tracked files differ from it) of the checkout this file is in."""
+    import subprocess
+
+    def git(*argv):
+        return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return head.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def machine_info(device=None) -> dict:
+    """Where a run ran: OS, Python, CPU count, torch version and threads, device."""
+    import platform
+
+    import torch
+
+    device = str(device) if device is not None else "cpu"
+    name = platform.processor() or platform.machine()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device,
+            "device_name": name}
+
+
+def make_record(*, algorithm: str, args, meta: dict, dataset_path, seed: int, eval_history: list[tuple[int, dict]],
+                updates: int, train_time_s: float, wall_time_s: float, device, run_name: str,
+                checkpoint: str | None) -> dict:
+    """The run record of RECORD_SCHEMA. `eval_history` is [(step, evaluate(...) result), ...] in order;
+    the last entry is the final evaluation. `args` is the script's Args dataclass."""
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+
+    if not eval_history:
+        raise RecordError(f"{run_name}: no evaluation was run, so there is no score to record")
+    final = eval_history[-1][1]
+    commit, dirty = git_commit()
+    record = {
+        "record_version": RECORD_VERSION,
+        "algorithm": algorithm,
+        "task": meta["task"],
+        "tier": meta.get("tier", "custom"),
+        "seed": int(seed),
+        "dataset": {"path": str(dataset_path), "sha256": meta.get("sha256"), "transitions": meta.get("transitions")},
+        "final_normalized_score": float(final["normalized_score"]),
+        "final_return_mean": float(final["return_mean"]),
+        "final_return_std": float(final["return_std"]),
+        "best_normalized_score": float(max(result["normalized_score"] for _, result in eval_history)),
+        "eval_episodes": len(final["returns"]),
+        "eval_curve": [[int(step), float(result["normalized_score"])] for step, result in eval_history],
+        "updates": int(updates),
+        "train_time_s": float(train_time_s),
+        "updates_per_s": float(updates / max(train_time_s, 1e-9)),
+        "wall_time_s": float(wall_time_s),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "machine": machine_info(device),
+        "command": shlex.join(["python", *sys.argv]),
+        "args": dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args),
+        "run_name": run_name,
+        "checkpoint": checkpoint,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    check_record(record, run_name)
+    return record
+
+
+def check_record(record: dict, where: str = "record") -> dict:
+    """Raise RecordError unless `record` has every key of RECORD_SCHEMA with the right type and finite
+    scores."""
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: a record is a JSON object, got {type(record).__name__}")
+    for key, kind in RECORD_SCHEMA.items():
+        if key not in record:
+            raise RecordError(f"{where}: key '{key}' is missing")
+        value = record[key]
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RecordError(f"{where}: key '{key}' is {value!r}, not a finite number")
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RecordError(f"{where}: key '{key}' is {value!r}, not an integer")
+        elif not isinstance(value, kind):
+            raise RecordError(f"{where}: key '{key}' has type {type(value).__name__}")
+    if record["record_version"] != RECORD_VERSION:
+        raise RecordError(f"{where}: record_version {record['record_version']}, this code reads {RECORD_VERSION}")
+    if not record["eval_curve"] or not all(isinstance(p, list) and len(p) == 2 for p in record["eval_curve"]):
+        raise RecordError(f"{where}: eval_curve must be a non-empty list of [step, normalized_score]")
+    return record
+
+
+def write_record(path, record: dict) -> pathlib.Path:
+    """Write a run record atomically: a temporary file in the same folder, then a rename, so that a
+    record on disk is always complete (benchmarks/grid.py skips runs whose record exists)."""
+    path = pathlib.Path(path)
+    check_record(record, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_record(path) -> dict:
+    """Read and check one run record; RecordError names the file and the problem."""
+    path = pathlib.Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RecordError(f"{path}: cannot be read as a run record ({type(err).__name__}: {err})") from None
+    return check_record(record, str(path))

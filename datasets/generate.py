@@ -112,6 +112,10 @@ def generate(task: str, tier: str, out=None, episodes: int | None = None, seed: 
              force: bool = False, progress: bool = True) -> pathlib.Path:
     """Generate one dataset file and return its path."""
     osd_common.check_task(task)
+    if task.startswith("mamujoco/"):  # trained TD3 behavior policies; imported lazily (torch) for MPE runs
+        from mamujoco_data import generate_mamujoco
+
+        return generate_mamujoco(task, tier, out=out, episodes=episodes, seed=seed, force=force, progress=progress)
     if task not in TIER_EPISODES:
         raise SystemExit(f"--task {task}: datasets are generated here for {', '.join(TIER_EPISODES)} only; "
                          "bring your own file for other tasks (see datasets/README.md, 'Your own data')")
@@ -233,7 +237,8 @@ def write_card(readme: pathlib.Path = HERE / "README.md") -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="mpe/simple_spread", help=f"one of {', '.join(TIER_EPISODES)}")
+    parser.add_argument("--task", default="mpe/simple_spread",
+                        help=f"one of {', '.join(TIER_EPISODES)}, or mamujoco/HalfCheetah-2x3 (see datasets/MAMUJOCO.md)")
     parser.add_argument("--tier", default="mixed", help=f"one of {', '.join(osd_common.TIERS)}")
     parser.add_argument("--out", default=None, help="output .npz (default: the cache, datasets/cache/<task>/<tier>.npz)")
     parser.add_argument("--episodes", type=int, default=None, help="override the tier's episode count")

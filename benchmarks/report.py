@@ -1,0 +1,328 @@
+"""Turn the run records of benchmarks/grid.py into docs/results.md and learning-curve figures.
+
+    python benchmarks/report.py                                   # benchmarks/records -> docs/results.md
+    python benchmarks/report.py --records benchmarks/records/smoke --out /tmp/smoke.md
+
+Scores are D4RL-normalized (0 = uniform random policy, 100 = the scripted expert of our data), as
+mean ± sample standard deviation (ddof=1) over seeds, with the number of seeds n. "Final" is the score
+at the last evaluation; "best" is the maximum over a run's evaluations, an optimistic number chosen on
+the evaluation itself. The paper's numbers are on OMAR's data, references and MPE version, so they are
+comparable to ours in shape only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import shlex
+import sys
+from datetime import datetime, timezone
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import osd_common  # noqa: E402
+
+ALGORITHM_ORDER = ("omsd", "omsd-independent", "matd3-bc", "bc")
+ALGORITHM_LABELS = {"omsd": "OMSD", "omsd-independent": "OMSD-independent", "matd3-bc": "MATD3+BC", "bc": "BC"}
+TASK_LABELS = {"mpe/simple_spread": "spread (CN)", "mpe/simple_tag": "tag (PP)",
+               "mpe/simple_world_comm": "world", "mamujoco/HalfCheetah-2x3": "HalfCheetah 2x3"}
+# OMSD's normalized scores as reported by the paper (arXiv 2505.05968) on OMAR's MPE data; entries
+# marked ≈ are inferred from the paper's text, not printed in its table.
+PAPER_OMSD = {
+    ("mpe/simple_spread", "expert"): "102.3", ("mpe/simple_spread", "medium"): "70.1",
+    ("mpe/simple_spread", "random"): "69.8",
+    ("mpe/simple_tag", "expert"): "≈160", ("mpe/simple_tag", "medium"): "137.1", ("mpe/simple_tag", "random"): "133.9",
+    ("mpe/simple_world_comm", "expert"): "≈165", ("mpe/simple_world_comm", "medium"): "≈161",
+    ("mpe/simple_world_comm", "random"): "141.1",
+}
+PAPER_HEADER = "OMSD, reported by the paper on OMAR's data; comparable in shape only"
+
+
+def load_records(records_dir: pathlib.Path) -> list[dict]:
+    """Every valid record `<algo>__<task>__<tier>__<seed>.json` of the folder; invalid ones are reported
+    and left out."""
+    records = []
+    for path in sorted(records_dir.glob("*__*.json")):
+        try:
+            records.append(osd_common.load_record(path))
+        except osd_common.RecordError as err:
+            print(f"report: skipping {err}")
+    return records
+
+
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof=1; nan for one value) and count."""
+    values = np.asarray(list(values), dtype=np.float64)
+    std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return float(values.mean()), std, len(values)
+
+
+def format_cell(values, digits: int = 1) -> str:
+    """'mean ± std (n=k)'; a single seed shows no ± part."""
+    if not len(values):
+        return "—"
+    mean, std, n = mean_std(values)
+    if n == 1:
+        return f"{mean:.{digits}f} (n=1)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+
+
+def ordered(keys, order) -> list:
+    keys = set(keys)
+    return [k for k in order if k in keys] + sorted(k for k in keys if k not in order)
+
+
+def group(records: list[dict]) -> dict:
+    """(task, tier) -> algorithm -> [records], one per seed (a duplicated seed keeps the newest)."""
+    cells: dict = collections.defaultdict(lambda: collections.defaultdict(dict))
+    for record in sorted(records, key=lambda r: r["finished_at"]):
+        cells[(record["task"], record["tier"])][record["algorithm"]][record["seed"]] = record
+    return {cell: {algo: list(by_seed.values()) for algo, by_seed in algos.items()} for cell, algos in cells.items()}
+
+
+def score_table(cells: dict, algorithms: list[str], key: str, with_paper: bool) -> list[str]:
+    header = ["task", "tier"] + [ALGORITHM_LABELS.get(a, a) for a in algorithms]
+    if with_paper:
+        header.append(PAPER_HEADER)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, tier in sorted(cells, key=lambda c: (_index(c[0], osd_common.TASKS), _index(c[1], osd_common.TIERS))):
+        row = [TASK_LABELS.get(task, task), tier]
+        row += [format_cell([r[key] for r in cells[(task, tier)].get(a, [])]) for a in algorithms]
+        if with_paper:
+            row.append(PAPER_OMSD.get((task, tier), "—"))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _index(value, order) -> int:
+    return order.index(value) if value in order else len(order)
+
+
+def cost_table(records: list[dict], algorithms: list[str]) -> list[str]:
+    """Wall time and training updates/s per algorithm and task (mean over all its runs)."""
+    by = collections.defaultdict(list)
+    for record in records:
+        by[(record["algorithm"], record["task"])].append(record)
+    lines = ["| algorithm | task | runs | wall time per run (min) | updates/s (training only) |", "|---|---|---|---|---|"]
+    for algorithm in algorithms:
+        for task in ordered({t for a, t in by if a == algorithm}, osd_common.TASKS):
+            runs = by[(algorithm, task)]
+            wall = np.mean([r["wall_time_s"] for r in runs]) / 60
+            ups = np.mean([r["updates_per_s"] for r in runs])
+            lines.append(f"| {ALGORITHM_LABELS.get(algorithm, algorithm)} | {TASK_LABELS.get(task, task)} | "
+                         f"{len(runs)} | {wall:.1f} | {ups:.0f} |")
+    return lines
+
+
+def format_throughput(report: dict) -> str:
+    """Markdown tables of a benchmarks/throughput.py report."""
+    phases = ("behavior", "critic", "actor")
+    rows = {}
+    for r in report["updates"]:
+        rows.setdefault((r["task"], r["device"], r["threads"], r["batch_size"]), {})[r["phase"]] = r["updates_per_s"]
+    lines = ["| task | device | threads | batch | " + " | ".join(f"{p} updates/s" for p in phases) + " |",
+             "|---|---|---|---|" + "---|" * len(phases)]
+    for (task, device, threads, batch), rates in rows.items():
+        lines.append(f"| {task} | {device} | {threads} | {batch} | "
+                     + " | ".join(f"{rates[p]:.0f}" if p in rates else "—" for p in phases) + " |")
+    lines += ["", "| task | device | threads | agents | actor latency per env step, median (p90) |", "|---|---|---|---|---|"]
+    for r in report["actor_latency"]:
+        lines.append(f"| {r['task']} | {r['device']} | {r['threads']} | {r['n_agents']} | "
+                     f"{r['median_ms']:.3f} ms ({r['p90_ms']:.3f} ms) |")
+    return "\n".join(lines)
+
+
+def machine_line(machine: dict) -> str:
+    return (f"{machine.get('platform')}, {machine.get('cpu_count')} CPUs ({machine.get('device_name')}), "
+            f"Python {machine.get('python')}, torch {machine.get('torch')} with {machine.get('torch_threads')} "
+            f"thread(s), device {machine.get('device')}")
+
+
+def mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over seeds of eval curves [[step, score], ...], on the steps of the shortest curve
+    (curves of one budget share their steps; others are interpolated onto them)."""
+    shortest = min(curves, key=len)
+    steps = np.array([p[0] for p in shortest], dtype=np.float64)
+    values = np.stack([np.interp(steps, [p[0] for p in c], [p[1] for p in c]) for c in curves])
+    return steps, values.mean(0), values.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(steps)
+
+
+def plot_curves(cells: dict, algorithms: list[str], figures_dir: pathlib.Path) -> list[pathlib.Path]:
+    """One figure per task, one panel per tier, one line (mean ± std band over seeds) per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    colors = {algo: f"C{i}" for i, algo in enumerate(algorithms)}
+    for task in ordered({t for t, _ in cells}, osd_common.TASKS):
+        tiers = ordered({tier for t, tier in cells if t == task}, osd_common.TIERS)
+        cols = min(len(tiers), 3)
+        rows = -(-len(tiers) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(max(4.0 * cols, 6.0), 3.2 * rows + 0.6), squeeze=False,
+                                 sharey=True)
+        axes = axes.ravel()
+        for ax in axes[len(tiers):]:
+            ax.set_visible(False)
+        handles = {}
+        for ax, tier in zip(axes, tiers):
+            seeds = set()
+            for algorithm in algorithms:
+                runs = cells[(task, tier)].get(algorithm, [])
+                if not runs:
+                    continue
+                seeds.add(len(runs))
+                steps, mean, std = mean_curve([r["eval_curve"] for r in runs])
+                (handles[algorithm],) = ax.plot(steps, mean, color=colors[algorithm], marker="o", markersize=2.5)
+                ax.fill_between(steps, mean - std, mean + std, color=colors[algorithm], alpha=0.2)
+            ax.axhline(100.0, color="grey", lw=0.8, ls="--")
+            ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+            n = f"n={min(seeds)}" if len(seeds) == 1 else f"n={min(seeds)}-{max(seeds)}"
+            ax.set_title(f"{tier} ({n} seeds)", fontsize=9)
+            ax.set_xlabel("training step at evaluation")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+                lambda x, _: f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}"))
+            ax.grid(alpha=0.3)
+        for ax in axes[::cols]:
+            ax.set_ylabel("normalized score")
+        fig.legend([handles[a] for a in algorithms if a in handles],
+                   [ALGORITHM_LABELS.get(a, a) for a in algorithms if a in handles],
+                   loc="lower center", ncol=max(len(handles), 1), fontsize=8, frameon=False)
+        fig.suptitle(f"{task}: normalized score during training, mean ± std over seeds", fontsize=10)
+        fig.tight_layout(rect=(0, 0.6 / (3.2 * rows + 0.6), 1, 1 - 0.3 / (3.2 * rows + 0.6)))
+        path = figures_dir / f"curves_{task.replace('/', '_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def build_report(records_dir: pathlib.Path, out: pathlib.Path, figures_dir: pathlib.Path | None,
+                 command: str, throughput: pathlib.Path | None = None) -> str:
+    records = load_records(records_dir)
+    if not records:
+        raise SystemExit(f"report: no valid records in {records_dir}; run `python benchmarks/grid.py` first")
+    cells = group(records)
+    algorithms = ordered({r["algorithm"] for r in records}, ALGORITHM_ORDER)
+    with_paper = any(cell in PAPER_OMSD for cell in cells)
+    n_runs = sum(len(runs) for algos in cells.values() for runs in algos.values())
+
+    lines = [
+        "# Results",
+        "",
+        f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {n_runs} run records "
+        f"in `{_rel(records_dir)}`; do not edit by hand.",
+        "",
+        "Normalized score: 0 is the uniform random policy, 100 the scripted expert of our data "
+        "(datasets/reference_returns.json). Cells are mean ± sample standard deviation (ddof=1) over "
+        "training seeds, with the number of seeds n.",
+        "",
+        "## Final normalized score (last evaluation)",
+        "",
+        *score_table(cells, algorithms, "final_normalized_score", with_paper),
+        "",
+    ]
+    if with_paper:
+        lines += [
+            "The last column is OMSD's score as the paper reports it: the paper trains "
+            "on OMAR's datasets, in OMAR's modified MPE with other rewards and other reference returns, so "
+            "its values cannot be set against ours; only the ordering across tiers is comparable. ≈ marks "
+            "values inferred from the paper's text rather than printed in its table.",
+            "",
+        ]
+    lines += [
+        "## Best normalized score (maximum over evaluations; optimistic)",
+        "",
+        *score_table(cells, algorithms, "best_normalized_score", False),
+        "",
+        "## Cost",
+        "",
+        *cost_table(records, algorithms),
+        "",
+    ]
+    if figures_dir is not None:
+        lines += ["## Learning curves", ""]
+        for path in plot_curves(cells, algorithms, figures_dir):
+            rel = os.path.relpath(path, out.parent)
+            lines += [f"![learning curves]({rel})", ""]
+        lines += ["The x axis is each algorithm's own training step: actor steps (phase 2) for OMSD, critic "
+                  "steps for MATD3+BC, steps for BC. Bands are ± one standard deviation over seeds.", ""]
+
+    if throughput is not None and throughput.exists():
+        measured = json.loads(throughput.read_text())
+        lines += ["## Throughput of OMSD's phases", "",
+                  f"`{measured['command']}` ({measured['measured_at']}), synthetic batches of each task's shapes; "
+                  "machines: " + "; ".join(f"{key}: {machine_line(m)}" for key, m in measured["machines"].items()),
+                  "", format_throughput(measured), ""]
+
+    lines += ["## How these records were made", ""]
+    manifest = records_dir / "grid_manifest.json"
+    if manifest.exists():
+        try:
+            invocations = json.loads(manifest.read_text())["invocations"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            invocations = []
+        if invocations:
+            lines += ["Grid commands (`benchmarks/grid.py`, budgets in its `BUDGETS`):", ""]
+            for entry in invocations:
+                lines.append(f"- `{entry.get('command')}` ({entry.get('started_at')}, budget {entry.get('budget')}, "
+                             f"{entry.get('to_run')} of {entry.get('runs')} runs, {entry.get('workers')} workers, "
+                             f"{entry.get('backend')})")
+            lines.append("")
+    lines += ["One run's command per algorithm (every record keeps its own):", ""]
+    for algorithm in algorithms:
+        example = next(r for r in records if r["algorithm"] == algorithm)
+        lines.append(f"- {ALGORITHM_LABELS.get(algorithm, algorithm)}: `{example['command']}`")
+    lines += ["", "Machines:", ""]
+    machines = collections.Counter(machine_line(r["machine"]) for r in records)
+    lines += [f"- {line} ({count} runs)" for line, count in machines.most_common()]
+    commits = collections.Counter(
+        f"{r['git_commit'] or 'unknown'}{' (uncommitted changes)' if r['git_dirty'] else ''}" for r in records)
+    lines += ["", "Code versions (git commit): " + ", ".join(f"`{c}` ({n} runs)" for c, n in commits.most_common()), ""]
+    mixed = [f"{task}/{tier}" for (task, tier), algos in cells.items()
+             if len({r["dataset"]["sha256"] for runs in algos.values() for r in runs}) > 1]
+    if mixed:
+        lines += [f"**Warning:** runs of {', '.join(mixed)} used different dataset files (sha256 differs).", ""]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines)
+    out.write_text(text)
+    return text
+
+
+def _rel(path: pathlib.Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=pathlib.Path, default=REPO / "benchmarks" / "records",
+                        help="folder of run records (default: benchmarks/records)")
+    parser.add_argument("--out", type=pathlib.Path, default=REPO / "docs" / "results.md", help="the markdown file")
+    parser.add_argument("--figures-dir", type=pathlib.Path, default=REPO / "docs" / "figures",
+                        help="where the learning-curve PNGs go")
+    parser.add_argument("--no-figures", action="store_true", help="only the tables")
+    parser.add_argument("--throughput", type=pathlib.Path, default=REPO / "benchmarks" / "throughput.json",
+                        help="a benchmarks/throughput.py result to include, if the file exists")
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/report.py", *(sys.argv[1:] if argv is None else argv)])
+    build_report(args.records, args.out, None if args.no_figures else args.figures_dir, command, args.throughput)
+    print(f"report: wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Baselines (BC, MATD3+BC) end to end on a tiny dataset, the benchmark grid, the report, the throughput
+script. The scripts run as real command lines with tiny budgets, as a user would run them."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "datasets"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import osd_common  # noqa: E402
+
+BASELINES = {"bc": "baselines/bc.py", "matd3-bc": "baselines/matd3_bc.py"}
+SCALARS = {
+    "bc": {"losses/bc", "charts/SPS", "charts/episodic_return", "charts/normalized_score"},
+    "matd3-bc": {"losses/q", "losses/actor", "losses/actor_bc", "losses/actor_q", "charts/SPS",
+                 "charts/episodic_return", "charts/normalized_score"},
+}
+EXTRA = {"bc": ["--lr", "3e-3"], "matd3-bc": []}  # a larger step size, so BC's loss falls within 60 steps
+CHECKPOINT_NETS = {"bc": {"actors"}, "matd3-bc": {"q_net", "q_target", "actors", "actor_targets"}}
+TINY = ["--total-steps", "60", "--eval-every", "30", "--eval-episodes", "1", "--batch-size", "32", "--hidden-dim", "32",
+        "--log-every", "10", "--torch-threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    import generate  # datasets/generate.py
+
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    generate.generate("mpe/simple_spread", "mixed", out=path, episodes=8, progress=False)
+    return path
+
+
+def run_script(script: str, *argv: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(REPO / script), *argv], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def read_scalars(run_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def load_module(path: pathlib.Path):
+    spec = importlib.util.spec_from_file_location(f"baseline_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train(tiny_dataset, tmp_path_factory):
+    """train(algorithm) -> (algorithm, working dir, record path): one tiny run per algorithm and module."""
+    done = {}
+
+    def run(algorithm: str):
+        if algorithm not in done:
+            workdir = tmp_path_factory.mktemp(algorithm)
+            record = workdir / "records" / f"{algorithm}.json"
+            process = run_script(BASELINES[algorithm], "--dataset", str(tiny_dataset), "--seed", "3", *TINY,
+                                 *EXTRA[algorithm], "--record", str(record), cwd=workdir)
+            assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
+            done[algorithm] = (algorithm, workdir, record)
+        return done[algorithm]
+
+    return run
+
+
+@pytest.fixture(params=sorted(BASELINES))
+def trained(request, train):
+    return train(request.param)
+
+
+def test_baseline_writes_checkpoint_events_and_a_valid_record(trained, tiny_dataset):
+    import torch
+
+    algorithm, workdir, record_path = trained
+    record = osd_common.load_record(record_path)  # raises if any field is missing or ill-typed
+    assert record["algorithm"] == algorithm and record["task"] == "mpe/simple_spread" and record["tier"] == "mixed"
+    assert record["seed"] == 3 and record["updates"] == 60 and record["eval_episodes"] == 1
+    assert [step for step, _ in record["eval_curve"]] == [30, 60]
+    assert record["final_normalized_score"] == record["eval_curve"][-1][1]
+    assert record["best_normalized_score"] == max(score for _, score in record["eval_curve"])
+    assert record["dataset"]["sha256"] == osd_common.load_dataset(str(tiny_dataset)).meta["sha256"]
+    assert record["updates_per_s"] > 0 and record["wall_time_s"] >= record["train_time_s"] > 0
+    assert "--record" in record["command"] and record["machine"]["torch_threads"] == 1
+    assert [p.name for p in record_path.parent.iterdir()] == [record_path.name]  # no temporary file left
+
+    checkpoints = list((workdir / "checkpoints").glob("*.pt"))
+    assert len(checkpoints) == 1 and record["checkpoint"].endswith(checkpoints[0].name)
+    checkpoint = torch.load(checkpoints[0], weights_only=False)
+    assert CHECKPOINT_NETS[algorithm] <= set(checkpoint)
+    assert checkpoint["algorithm"] == algorithm and checkpoint["args"]["total_steps"] == 60
+    assert {"obs_mean", "obs_std"} <= set(checkpoint["normalizers"])
+    assert checkpoint["meta"]["task"] == "mpe/simple_spread" and checkpoint["meta"]["n_agents"] == 3
+
+    (run_dir,) = list((workdir / "runs").iterdir())
+    assert run_dir.name.startswith(f"mpe_simple_spread__{algorithm.replace('-', '_')}__3__")
+    scalars = read_scalars(run_dir)
+    assert SCALARS[algorithm] <= set(scalars), set(scalars)
+    assert [v for _, v in scalars["charts/normalized_score"]] == pytest.approx([s for _, s in record["eval_curve"]])
+
+
+def test_eval_only_reproduces_the_final_score(trained):
+    algorithm, workdir, record_path = trained
+    record = osd_common.load_record(record_path)
+    process = run_script(BASELINES[algorithm], "--eval-only", "--checkpoint", record["checkpoint"], "--seed", "3",
+                         "--eval-episodes", "1", "--torch-threads", "1", cwd=workdir)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert f"normalized score {record['final_normalized_score']:.1f} over 1 episodes" in process.stdout
+
+
+def test_bc_loss_falls(train):
+    _, workdir, _ = train("bc")
+    (run_dir,) = list((workdir / "runs").iterdir())
+    losses = [v for _, v in read_scalars(run_dir)["losses/bc"]]
+    assert len(losses) >= 5 and all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_same_seed_same_run(train, tiny_dataset, tmp_path):
+    """MATD3+BC (critic, delayed actor, target smoothing noise; every source of randomness BC has) again
+    with the same seed: the same record."""
+    algorithm, _, record_path = train("matd3-bc")
+    again = tmp_path / "again.json"
+    process = run_script(BASELINES[algorithm], "--dataset", str(tiny_dataset), "--seed", "3", *TINY,
+                         *EXTRA[algorithm], "--no-save-model", "--record", str(again), cwd=tmp_path)
+    assert process.returncode == 0, process.stderr[-3000:]
+    first, second = osd_common.load_record(record_path), osd_common.load_record(again)
+    assert first["eval_curve"] == second["eval_curve"]
+    assert first["final_return_mean"] == second["final_return_mean"]
+
+
+@pytest.mark.parametrize("algorithm", sorted(BASELINES))
+def test_nan_guard_stops_with_a_clear_message(algorithm):
+    module = load_module(REPO / BASELINES[algorithm])
+    module.check_finite({"ok": 1.0}, 3)
+    with pytest.raises(SystemExit, match=r"loss 'q' is nan at step 7\. Training stopped"):
+        module.check_finite({"ok": 1.0, "q": float("nan")}, 7)
+
+
+def test_unknown_task_is_refused(tmp_path):
+    process = run_script(BASELINES["bc"], "--task", "mpe/simple_nothing", cwd=tmp_path)
+    assert process.returncode != 0 and "unknown task 'mpe/simple_nothing'" in process.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# benchmarks/grid.py and benchmarks/report.py
+# ---------------------------------------------------------------------------------------------------
+
+
+def fake_record(algorithm="bc", task="mpe/simple_spread", tier="expert", seed=1, final=50.0, best=60.0) -> dict:
+    record = {
+        "record_version": osd_common.RECORD_VERSION, "algorithm": algorithm, "task": task, "tier": tier,
+        "seed": seed, "dataset": {"path": "x.npz", "sha256": "abc", "transitions": 10},
+        "final_normalized_score": final, "final_return_mean": -10.0, "final_return_std": 1.0,
+        "best_normalized_score": best, "eval_episodes": 10, "eval_curve": [[100, best], [200, final]],
+        "updates": 200, "train_time_s": 2.0, "updates_per_s": 100.0, "wall_time_s": 3.0,
+        "git_commit": None, "git_dirty": None,
+        "machine": {"platform": "test", "python": "3", "cpu_count": 2, "torch": "2", "torch_threads": 1,
+                    "device": "cpu", "device_name": "x"},
+        "command": f"python baselines/bc.py --seed {seed}", "args": {}, "run_name": "r", "checkpoint": None,
+        "finished_at": "2025-01-01T00:00:00+00:00",
+    }
+    return osd_common.check_record(record)
+
+
+def test_record_checks_refuse_incomplete_records(tmp_path):
+    record = fake_record()
+    for broken in ({k: v for k, v in record.items() if k != "eval_curve"}, {**record, "final_normalized_score": None},
+                   {**record, "seed": "1"}, {**record, "eval_curve": []}):
+        with pytest.raises(osd_common.RecordError):
+            osd_common.check_record(broken)
+    path = osd_common.write_record(tmp_path / "r.json", record)
+    assert osd_common.load_record(path) == record
+    path.write_text(path.read_text()[:-40])  # a truncated file never counts
+    with pytest.raises(osd_common.RecordError, match="cannot be read"):
+        osd_common.load_record(path)
+
+
+def test_grid_dry_run_lists_the_commands_and_skips_finished_runs(tmp_path, capsys):
+    import grid
+
+    argv = ["--algos", "omsd", "omsd-independent", "bc", "matd3-bc", "--tasks", "mpe/simple_spread",
+            "mamujoco/HalfCheetah-2x3", "--tiers", "expert", "random", "--seeds", "1", "2", "--budget", "smoke",
+            "--records-dir", str(tmp_path), "--dry-run"]
+    assert grid.main(argv) == 0
+    commands = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("python ")]
+    assert len(commands) == 4 * 2 * 2 * 2
+    for command in commands:
+        flags = dict(zip(command[2::2], command[3::2]))
+        record = pathlib.Path(flags["--record"])
+        algorithm, task, tier, seed = record.stem.split("__")
+        assert record.parent == tmp_path.resolve() and (task, tier, seed) == (flags["--task"].replace("/", "_"),
+                                                                     flags["--tier"], flags["--seed"])
+        family = flags["--task"].split("/")[0]
+        if algorithm.startswith("omsd"):
+            assert command[1] == {"mpe": "osd_mpe.py", "mamujoco": "osd_mamujoco.py"}[family], command
+        else:
+            assert command[1] == BASELINES[algorithm], command
+        assert (flags.get("--decomposition") == "independent") == (algorithm == "omsd-independent")
+        budget = grid.BUDGETS["smoke"][grid.VARIANTS[algorithm][0]]
+        assert all(flags[f"--{k}"] == str(v) for k, v in budget.items())
+        assert flags["--torch-threads"] == "1"
+
+    done = tmp_path.resolve() / "bc__mpe_simple_spread__expert__1.json"
+    osd_common.write_record(done, fake_record("bc", "mpe/simple_spread", "expert", 1))
+    partial = tmp_path.resolve() / "matd3-bc__mpe_simple_spread__expert__1.json"
+    partial.write_text(json.dumps(fake_record("matd3-bc"))[:100])  # half written: must not count
+    other = tmp_path.resolve() / "bc__mpe_simple_spread__expert__2.json"
+    osd_common.write_record(other, fake_record("bc", "mpe/simple_spread", "expert", 1))  # another run's record
+    assert grid.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 have a record" in out and f"--record {done}" not in out
+    assert f"--record {partial}" in out and f"--record {other}" in out
+    assert len([line for line in out.splitlines() if line.startswith("python ")]) == 4 * 2 * 2 * 2 - 1
+
+
+def test_grid_pool_runs_commands_and_reports_failures(tmp_path):
+    import grid
+
+    writer = ("import sys, json; sys.path.insert(0, %r); import osd_common; "
+              "osd_common.write_record(sys.argv[1], json.loads(sys.argv[2]))" % str(REPO))
+    runs = []
+    for seed in (1, 2):
+        record = tmp_path / f"bc__mpe_simple_spread__expert__{seed}.json"
+        runs.append({"name": record.stem, "record": record, "done": False,
+                     "command": [sys.executable, "-c", writer, str(record), json.dumps(fake_record(seed=seed))]})
+    bad = tmp_path / "bc__mpe_simple_spread__expert__3.json"
+    runs.append({"name": bad.stem, "record": bad, "done": False, "command": [sys.executable, "-c", "raise SystemExit(3)"]})
+    failed = grid.run_local(runs, workers=2, logs_dir=tmp_path / "logs")
+    assert [run["name"] for run in failed] == [bad.stem]
+    assert all(grid.record_is_complete(run["record"]) for run in runs[:2]) and not bad.exists()
+    assert (tmp_path / "logs" / f"{bad.stem}.log").read_text().startswith("$ ")
+
+
+def test_grid_submitit_is_optional(tmp_path):
+    import grid
+
+    if importlib.util.find_spec("submitit") is not None:
+        pytest.skip("submitit is installed here")
+    with pytest.raises(SystemExit, match="needs the `submitit` package"):
+        grid.main(["--algos", "bc", "--tasks", "mpe/simple_spread", "--tiers", "expert", "--seeds", "1",
+                   "--records-dir", str(tmp_path), "--submitit"])
+
+
+def test_report_table_mean_std_and_figures(tmp_path):
+    import report
+
+    records = tmp_path / "records"
+    for seed, final, best in ((1, 10.0, 30.0), (2, 20.0, 40.0)):
+        osd_common.write_record(records / f"bc__mpe_simple_spread__expert__{seed}.json",
+                                fake_record("bc", "mpe/simple_spread", "expert", seed, final, best))
+    osd_common.write_record(records / "omsd__mpe_simple_spread__random__1.json",
+                            fake_record("omsd", "mpe/simple_spread", "random", 1, 70.0, 75.0))
+    (records / "matd3-bc__mpe_simple_spread__expert__1.json").write_text("{")  # broken: left out
+    out, figures = tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures"
+    assert report.main(["--records", str(records), "--out", str(out), "--figures-dir", str(figures),
+                        "--throughput", str(tmp_path / "absent.json")]) == 0
+    text = out.read_text()
+    table = text.split("## Final normalized score")[1].split("## Best")[0]
+    header = next(line for line in table.splitlines() if line.startswith("| task"))
+    assert header.split(" | ")[2:4] == ["OMSD", "BC"] and "comparable in shape only" in header
+    expert_row = next(line for line in table.splitlines() if "| expert |" in line)
+    assert "15.0 ± 7.1 (n=2)" in expert_row and expert_row.rstrip(" |").endswith("102.3")  # the paper's number
+    random_row = next(line for line in table.splitlines() if "| random |" in line)
+    assert "70.0 (n=1)" in random_row and random_row.rstrip(" |").endswith("69.8")
+    best = text.split("## Best")[1].split("##")[0]
+    assert "35.0 ± 7.1 (n=2)" in best
+    assert "MATD3+BC" not in header and "(3 runs)" in text  # the broken record is not counted
+    assert "python baselines/bc.py --seed" in text and "2 CPUs" in text
+    assert (figures / "curves_mpe_simple_spread.png").stat().st_size > 1000
+
+
+def test_throughput_measures_every_phase(tmp_path):
+    import throughput
+
+    out = tmp_path / "throughput.json"
+    assert throughput.main(["--seconds", "0.01", "--batch-sizes", "8", "--latency-calls", "5", "--devices", "cpu",
+                            "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {r["phase"] for r in report["updates"]} == {"behavior", "critic", "actor"}
+    assert all(r["updates_per_s"] > 0 and r["batch_size"] == 8 for r in report["updates"])
+    assert report["actor_latency"][0]["median_ms"] > 0 and report["actor_latency"][0]["n_agents"] == 3
+    assert "| mpe/simple_spread | cpu | 1 | 8 |" in throughput.format_throughput(report)

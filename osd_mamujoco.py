@@ -131,6 +131,8 @@ class Args:
     """evaluate every this many actor steps (default preset 4_000, paper 10_000)"""
     eval_episodes: int | None = None
     """episodes (of 1000 steps) per evaluation (default preset 5, paper 10)"""
+    final_eval_episodes: int | None = None
+    """episodes of the last evaluation, the run's recorded final score, and of --eval-only (both presets 20)"""
     behavior_batch_size: int | None = None
     """behavior-model batch size (default preset 256, paper 512)"""
     critic_batch_size: int | None = None
@@ -203,11 +205,11 @@ class Args:
 
 PRESETS = {
     "default": dict(pretrain_steps=50_000, critic_steps=50_000, policy_steps=20_000,
-                    eval_every=4_000, eval_episodes=5, behavior_batch_size=256, critic_batch_size=256,
+                    eval_every=4_000, eval_episodes=5, final_eval_episodes=20, behavior_batch_size=256, critic_batch_size=256,
                     actor_batch_size=256),
     # the authors' budgets for MaMuJoCo (docs/algorithm.md §3, §4, §6)
     "paper": dict(pretrain_steps=2_000_000, critic_steps=1_000_000, policy_steps=1_000_000, eval_every=10_000,
-                  eval_episodes=10, behavior_batch_size=512, critic_batch_size=1024, actor_batch_size=512),
+                  eval_episodes=10, final_eval_episodes=20, behavior_batch_size=512, critic_batch_size=1024, actor_batch_size=512),
 }
 MAMUJOCO_TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 EXAMPLE_SPLITS = ("mamujoco/Ant-2x4", "mamujoco/Hopper-3x1", "mamujoco/Walker2d-2x3")
@@ -625,7 +627,8 @@ def run_eval_only(args: Args, device: torch.device) -> None:
     for name, net in nets.items():
         net.load_state_dict(checkpoint[name])
     obs_normalizer = Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
-    episodes = args.eval_episodes if args.eval_episodes is not None else PRESETS[args.preset]["eval_episodes"]
+    # as many episodes as the final evaluation of training, whose recorded score this reproduces
+    episodes = args.final_eval_episodes if args.final_eval_episodes is not None else PRESETS[args.preset]["final_eval_episodes"]
     result = evaluate_policy(nets["actors"], obs_normalizer, device, meta["task"], episodes, args.seed + 10_000, meta)
     print(f"eval-only {args.checkpoint}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}, "
           f"normalized score {result['normalized_score']:.1f} over {episodes} episodes")
@@ -842,7 +845,10 @@ if __name__ == "__main__":
             progress.set_postfix({"score": f"{losses['actor_score']:.3g}", "Q": f"{-losses['actor_q']:.3g}", "SPS": sps})
         if (step + 1) % args.eval_every == 0 or step == args.policy_steps - 1:
             eval_start = time.time()
-            result = evaluate_policy(actors, obs_normalizer, device, args.task, args.eval_episodes, eval_seed, meta)
+            # the last evaluation is the recorded final score: more episodes, so that evaluation noise
+            # does not swamp the differences between seeds and algorithms
+            episodes = max(args.eval_episodes, args.final_eval_episodes) if step == args.policy_steps - 1 else args.eval_episodes
+            result = evaluate_policy(actors, obs_normalizer, device, args.task, episodes, eval_seed, meta)
             eval_time += time.time() - eval_start
             eval_history.append((step + 1, result))
             last_score = result["normalized_score"]

@@ -76,6 +76,9 @@ class Args:
     """evaluate every this many steps (default preset 2_000, corl 5_000)"""
     eval_episodes: int | None = None
     """episodes per evaluation (both presets 10)"""
+    final_eval_episodes: int | None = None
+    """episodes of the last evaluation, the run's recorded final score, and of --eval-only (default: 100 on MPE, whose short
+    episodes vary a lot, 20 on MaMuJoCo)"""
     batch_size: int | None = None
     """batch size (both presets 256)"""
 
@@ -244,7 +247,8 @@ def run_eval_only(args: Args, device: torch.device) -> None:
     for name, net in nets.items():
         net.load_state_dict(checkpoint[name])
     obs_normalizer = Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
-    episodes = args.eval_episodes if args.eval_episodes is not None else PRESETS[args.preset]["eval_episodes"]
+    # as many episodes as the final evaluation of training, whose recorded score this reproduces
+    episodes = args.final_eval_episodes or (100 if checkpoint["meta"]["task"].startswith("mpe/") else 20)
     result = evaluate_policy(nets["actors"], obs_normalizer, device, meta["task"], episodes, args.seed + 10_000,
                              meta, capture_video=args.capture_video)
     print(f"eval-only {args.checkpoint}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}, "
@@ -299,6 +303,8 @@ if __name__ == "__main__":
         raise SystemExit(f"bc: {error}" + ("" if args.build_dataset else " (or pass --build-dataset)"))
     meta = data.meta
     args.task, args.tier = meta["task"], meta.get("tier", args.tier)
+    if args.final_eval_episodes is None:
+        args.final_eval_episodes = 100 if args.task.startswith("mpe/") else 20
     n_agents, obs_dims, act_dims = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"])
     env_probe = osd_common.make_env(args.task)
     if list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims:
@@ -348,7 +354,10 @@ if __name__ == "__main__":
             progress.set_postfix({"bc": f"{losses['bc']:.3g}", "SPS": sps})
         if (step + 1) % args.eval_every == 0 or step == args.total_steps - 1:
             eval_start = time.time()
-            result = evaluate_policy(actors, obs_normalizer, device, args.task, args.eval_episodes, eval_seed, meta)
+            # the last evaluation is the recorded final score: more episodes, so that evaluation noise
+            # does not swamp the differences between seeds and algorithms
+            episodes = max(args.eval_episodes, args.final_eval_episodes) if step == args.total_steps - 1 else args.eval_episodes
+            result = evaluate_policy(actors, obs_normalizer, device, args.task, episodes, eval_seed, meta)
             eval_time += time.time() - eval_start
             eval_history.append((step + 1, result))
             writer.add_scalar("charts/episodic_return", result["return_mean"], step)

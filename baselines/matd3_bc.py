@@ -87,6 +87,9 @@ class Args:
     """evaluate every this many critic steps (both presets 5_000)"""
     eval_episodes: int | None = None
     """episodes per evaluation (both presets 10)"""
+    final_eval_episodes: int | None = None
+    """episodes of the last evaluation, the run's recorded final score, and of --eval-only (default: 100 on MPE, whose short
+    episodes vary a lot, 20 on MaMuJoCo)"""
     batch_size: int | None = None
     """batch size of the critic and the actor updates (both presets 256)"""
 
@@ -331,7 +334,8 @@ def run_eval_only(args: Args, device: torch.device) -> None:
     for name, net in nets.items():
         net.load_state_dict(checkpoint[name])
     obs_normalizer = Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
-    episodes = args.eval_episodes if args.eval_episodes is not None else PRESETS[args.preset]["eval_episodes"]
+    # as many episodes as the final evaluation of training, whose recorded score this reproduces
+    episodes = args.final_eval_episodes or (100 if checkpoint["meta"]["task"].startswith("mpe/") else 20)
     result = evaluate_policy(nets["actors"], obs_normalizer, device, meta["task"], episodes, args.seed + 10_000,
                              meta, capture_video=args.capture_video)
     print(f"eval-only {args.checkpoint}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}, "
@@ -386,6 +390,8 @@ if __name__ == "__main__":
         raise SystemExit(f"matd3_bc: {error}" + ("" if args.build_dataset else " (or pass --build-dataset)"))
     meta = data.meta
     args.task, args.tier = meta["task"], meta.get("tier", args.tier)
+    if args.final_eval_episodes is None:
+        args.final_eval_episodes = 100 if args.task.startswith("mpe/") else 20
     n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]
     env_probe = osd_common.make_env(args.task)
     if list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims:
@@ -460,7 +466,10 @@ if __name__ == "__main__":
             progress.set_postfix({**{k: f"{v:.3g}" for k, v in losses.items()}, "SPS": sps})
         if (step + 1) % args.eval_every == 0 or step == args.total_steps - 1:
             eval_start = time.time()
-            result = evaluate_policy(actors, obs_normalizer, device, args.task, args.eval_episodes, eval_seed, meta)
+            # the last evaluation is the recorded final score: more episodes, so that evaluation noise
+            # does not swamp the differences between seeds and algorithms
+            episodes = max(args.eval_episodes, args.final_eval_episodes) if step == args.total_steps - 1 else args.eval_episodes
+            result = evaluate_policy(actors, obs_normalizer, device, args.task, episodes, eval_seed, meta)
             eval_time += time.time() - eval_start
             eval_history.append((step + 1, result))
             writer.add_scalar("charts/episodic_return", result["return_mean"], step)

@@ -8,6 +8,8 @@ write records whole, then rename them: a record on disk is always complete). The
     python benchmarks/grid.py --dry-run                                     # print the command lines
     python benchmarks/grid.py --workers 2                                   # every algorithm, MPE task, tier, seed
     python benchmarks/grid.py --budget smoke --algos bc matd3-bc --tiers expert --seeds 1 --workers 2
+    python benchmarks/grid.py --budget short --algos omsd omsd-independent --tasks mamujoco/HalfCheetah-2x3 \\
+        --tiers random medium medium-replay expert medium-expert --seeds 1 2 3 --workers 2
     python benchmarks/grid.py --submitit --slurm-partition <p> --workers 50 # the same command lines on Slurm
 
 Budgets are BUDGETS below, the configuration of the reference runs; `smoke` runs land in
@@ -54,9 +56,9 @@ VARIANTS = {  # algorithm -> (the algorithm whose script and budget it uses, ext
 # per run. `smoke` checks in seconds that every cell runs end to end; its scores mean nothing.
 BUDGETS = {
     "smoke": {
-        "omsd": {"pretrain-steps": 200, "critic-steps": 200, "policy-steps": 200, "eval-every": 100, "eval-episodes": 2},
-        "bc": {"total-steps": 200, "eval-every": 100, "eval-episodes": 2},
-        "matd3-bc": {"total-steps": 200, "eval-every": 100, "eval-episodes": 2},
+        "omsd": {"pretrain-steps": 200, "critic-steps": 200, "policy-steps": 200, "eval-every": 100, "eval-episodes": 2, "final-eval-episodes": 2},
+        "bc": {"total-steps": 200, "eval-every": 100, "eval-episodes": 2, "final-eval-episodes": 2},
+        "matd3-bc": {"total-steps": 200, "eval-every": 100, "eval-episodes": 2, "final-eval-episodes": 2},
     },
     # `short`: the budget the measured tables in docs/ were run at on 2 CPU cores within one working
     # session (OMSD: 10k phase-1 steps, 5k actor steps, about 8 minutes per run on one core).
@@ -232,7 +234,8 @@ def parse_args(argv=None):
     parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS,
                         help="algorithms to run (default: all)")
     parser.add_argument("--tasks", nargs="+", default=list(osd_common.MPE_TASKS),
-                        help="tasks (default: the MPE tasks; add mamujoco/HalfCheetah-2x3 once its data exists)")
+                        help="tasks (default: the MPE tasks; mamujoco/HalfCheetah-2x3 runs its tiers random, medium, "
+                             "medium-replay, expert, medium-expert)")
     parser.add_argument("--tiers", nargs="+", default=list(osd_common.TIERS), choices=osd_common.TIERS,
                         help="dataset tiers (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS), help="training seeds")

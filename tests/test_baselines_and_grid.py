@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -26,8 +27,8 @@ SCALARS = {
 }
 EXTRA = {"bc": ["--lr", "3e-3"], "matd3-bc": []}  # a larger step size, so BC's loss falls within 60 steps
 CHECKPOINT_NETS = {"bc": {"actors"}, "matd3-bc": {"q_net", "q_target", "actors", "actor_targets"}}
-TINY = ["--total-steps", "60", "--eval-every", "30", "--eval-episodes", "1", "--batch-size", "32", "--hidden-dim", "32",
-        "--log-every", "10", "--torch-threads", "1"]
+TINY = ["--total-steps", "60", "--eval-every", "30", "--eval-episodes", "1", "--final-eval-episodes", "2",
+        "--batch-size", "32", "--hidden-dim", "32", "--log-every", "10", "--torch-threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_baseline_writes_checkpoint_events_and_a_valid_record(trained, tiny_data
     algorithm, workdir, record_path = trained
     record = osd_common.load_record(record_path)  # raises if any field is missing or ill-typed
     assert record["algorithm"] == algorithm and record["task"] == "mpe/simple_spread" and record["tier"] == "mixed"
-    assert record["seed"] == 3 and record["updates"] == 60 and record["eval_episodes"] == 1
+    assert record["seed"] == 3 and record["updates"] == 60 and record["eval_episodes"] == 2  # the last evaluation: --final-eval-episodes
     assert [step for step, _ in record["eval_curve"]] == [30, 60]
     assert record["final_normalized_score"] == record["eval_curve"][-1][1]
     assert record["best_normalized_score"] == max(score for _, score in record["eval_curve"])
@@ -118,9 +119,9 @@ def test_eval_only_reproduces_the_final_score(trained):
     algorithm, workdir, record_path = trained
     record = osd_common.load_record(record_path)
     process = run_script(BASELINES[algorithm], "--eval-only", "--checkpoint", record["checkpoint"], "--seed", "3",
-                         "--eval-episodes", "1", "--torch-threads", "1", cwd=workdir)
+                         "--final-eval-episodes", "2", "--torch-threads", "1", cwd=workdir)
     assert process.returncode == 0, process.stderr[-3000:]
-    assert f"normalized score {record['final_normalized_score']:.1f} over 1 episodes" in process.stdout
+    assert f"normalized score {record['final_normalized_score']:.1f} over 2 episodes" in process.stdout
 
 
 def test_bc_loss_falls(train):
@@ -283,6 +284,56 @@ def test_report_table_mean_std_and_figures(tmp_path):
     assert "MATD3+BC" not in header and "(3 runs)" in text  # the broken record is not counted
     assert "python baselines/bc.py --seed" in text and "2 CPUs" in text
     assert (figures / "curves_mpe_simple_spread.png").stat().st_size > 1000
+
+
+def test_report_one_section_per_record_folder(tmp_path):
+    import report
+
+    root = tmp_path / "records"
+    osd_common.write_record(root / "omsd__mpe_simple_spread__mixed__1.json",
+                            fake_record("omsd", "mpe/simple_spread", "mixed", 1, 80.0, 82.0))
+    osd_common.write_record(root / "short" / "omsd__mpe_simple_spread__mixed__1.json",
+                            fake_record("omsd", "mpe/simple_spread", "mixed", 1, 50.0, 55.0))
+    osd_common.write_record(root / "smoke" / "omsd__mpe_simple_spread__mixed__1.json",
+                            fake_record("omsd", "mpe/simple_spread", "mixed", 1, 1.0, 1.0))
+    (root / "short" / "grid_manifest.json").write_text(json.dumps({"invocations": [{"budget": "short"}]}))
+    dirs = report.default_record_dirs(root)
+    assert dirs == [root, root / "short"]  # smoke runs never reach the report
+    out, figures = tmp_path / "results.md", tmp_path / "figures"
+    report.build_report(dirs, out, figures, "python benchmarks/report.py")
+    text = out.read_text()
+    records_part, short_part = text.split("## Budget `short`")
+    assert "## Budget `records`" in records_part and "80.0 (n=1)" in records_part and "50.0" not in records_part
+    assert "50.0 (n=1)" in short_part and "80.0" not in short_part
+    assert (figures / "curves_short_mpe_simple_spread.png").exists()
+    assert (figures / "curves_records_mpe_simple_spread.png").exists()
+
+
+def test_spread_coordination_classifies_final_assignments(train, tmp_path, monkeypatch):
+    import shutil
+
+    import spread_coordination
+
+    def obs_nearest(landmark: int) -> np.ndarray:
+        obs = np.zeros(18, dtype=np.float32)
+        obs[4:10] = 1.0  # every landmark at (1, 1) from the agent ...
+        obs[4 + 2 * landmark: 6 + 2 * landmark] = (0.1, 0.0)  # ... except the one it sits next to
+        return obs
+
+    assert spread_coordination.assignment([obs_nearest(0), obs_nearest(1), obs_nearest(2)]) == "012"
+    assert spread_coordination.assignment([obs_nearest(2), obs_nearest(0), obs_nearest(1)]) == "201"
+    assert spread_coordination.assignment([obs_nearest(1), obs_nearest(1), obs_nearest(0)]) == "overlap"
+
+    _, workdir, record = train("bc")  # a real checkpoint, rebuilt by the script that wrote it
+    records = tmp_path / "records"
+    records.mkdir()
+    shutil.copy(record, records / "bc__mpe_simple_spread__mixed__3.json")
+    monkeypatch.chdir(workdir)  # records name their checkpoint relative to where the run ran
+    out = tmp_path / "coordination.json"
+    assert spread_coordination.main(["--records", str(records), "--episodes", "3", "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["bc"]
+    assert result["seed"] == 3 and abs(sum(result["shares"].values()) - 1.0) < 1e-9
+    assert result["overlap"] == result["shares"].get("overlap", 0.0)
 
 
 def test_throughput_measures_every_phase(tmp_path):

@@ -31,7 +31,7 @@ REFS = (-300.0, 5000.0)  # fixed references for the tiny file (the real ones are
 SCALAR_TAGS = {"losses/behavior", "losses/q", "losses/v", "losses/actor_q", "losses/actor_score",
                "charts/episodic_return", "charts/normalized_score", "charts/SPS"}
 TINY_FLAGS = ("--pretrain-steps", "20", "--critic-steps", "20", "--policy-steps", "20", "--eval-every", "10",
-              "--eval-episodes", "1", "--log-every", "5", "--behavior-batch-size", "32", "--critic-batch-size", "32",
+              "--eval-episodes", "1", "--final-eval-episodes", "2", "--log-every", "5", "--behavior-batch-size", "32", "--critic-batch-size", "32",
               "--actor-batch-size", "32", "--score-width", "64", "--hidden-dim", "64")
 
 
@@ -94,7 +94,7 @@ def test_training_writes_tensorboard_scalars_checkpoint_and_record(trained_run):
 
     record = osd_common.load_record(trained_run / "records" / "first.json")  # checks the whole schema
     assert (record["algorithm"], record["task"], record["tier"], record["seed"]) == ("omsd", TASK, "random", 3)
-    assert record["updates"] == 40 and record["eval_episodes"] == 1
+    assert record["updates"] == 40 and record["eval_episodes"] == 2  # the last evaluation: --final-eval-episodes
     assert [step for step, _ in record["eval_curve"]] == [10, 20]
     assert record["checkpoint"] is not None and pathlib.Path(trained_run / record["checkpoint"]).exists()
     final_return = logged["charts/episodic_return"][-1][1]
@@ -114,7 +114,7 @@ def test_same_seed_gives_identical_losses_and_weights(trained_run):
 
 def test_eval_only_reloads_checkpoint_without_training(trained_run):
     checkpoint = next((trained_run / "checkpoints").glob("*__first__3__*.pt"))
-    result = run_script(trained_run, "--eval-only", "--checkpoint", str(checkpoint), "--eval-episodes", "1")
+    result = run_script(trained_run, "--eval-only", "--checkpoint", str(checkpoint), "--final-eval-episodes", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "eval-only" in result.stdout and "normalized score" in result.stdout and "over 1 episodes" in result.stdout
     assert "phase 1" not in result.stdout + result.stderr  # no training happened

@@ -201,7 +201,7 @@ def run_script(cwd: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
 
 
 TINY_FLAGS = ("--pretrain-steps", "20", "--critic-steps", "20", "--policy-steps", "20", "--eval-every", "10",
-              "--eval-episodes", "2", "--log-every", "5", "--behavior-batch-size", "32", "--critic-batch-size", "32",
+              "--eval-episodes", "2", "--final-eval-episodes", "3", "--log-every", "5", "--behavior-batch-size", "32", "--critic-batch-size", "32",
               "--actor-batch-size", "32", "--score-width", "64", "--hidden-dim", "64")
 
 
@@ -263,9 +263,9 @@ def test_same_seed_gives_identical_losses_and_weights(trained_run):
 
 def test_eval_only_reloads_checkpoint_without_training(trained_run):
     checkpoint = next((trained_run / "checkpoints").glob("*__first__3__*.pt"))
-    result = run_script(trained_run, "--eval-only", "--checkpoint", str(checkpoint), "--eval-episodes", "2")
+    result = run_script(trained_run, "--eval-only", "--checkpoint", str(checkpoint), "--final-eval-episodes", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "eval-only" in result.stdout and "normalized score" in result.stdout
+    assert "eval-only" in result.stdout and "normalized score" in result.stdout and "over 2 episodes" in result.stdout
     assert "phase 1" not in result.stdout + result.stderr  # no training happened
 
 

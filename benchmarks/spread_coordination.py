@@ -1,0 +1,149 @@
+"""Do trained spread teams coordinate? Landmark assignments of checkpoints, next to their scores.
+
+The normalized score mixes two things: whether the three agents split the landmarks between them (the
+coordination OMSD is about) and how close they get. This script measures the first directly. It rolls
+out each checkpoint of a record folder on mpe/simple_spread and classifies every episode by where the
+agents end up, as the data card classifies the data (datasets/generate.py, spread_assignment_shares):
+at the last step, which landmark is each agent nearest to? A permutation ('012', '021', ...) means a
+clean split, one agent per landmark; `overlap` means two agents sit nearest the same landmark, so one
+landmark is left uncovered: a mis-coordinated episode.
+
+    python benchmarks/spread_coordination.py --records benchmarks/records --tier mixed
+    python benchmarks/spread_coordination.py --records benchmarks/records/short --tier mixed --episodes 200
+
+It reads each record's `checkpoint` (checkpoints/ is a local, git-ignored cache: the runs must have
+been made on this machine), rebuilds the actors with the script that trained them, and prints a
+markdown table: per algorithm, mean ± std over seeds of the overlap share and of the normalized score
+over the same episodes. Episodes use seeds 20,000+ (neither training nor the runs' own evaluations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import json
+import pathlib
+import statistics
+import sys
+
+import numpy as np
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import osd_common  # noqa: E402
+
+TASK = "mpe/simple_spread"
+SCRIPTS = {"omsd": "osd_mpe.py", "omsd-independent": "osd_mpe.py", "bc": "baselines/bc.py",
+           "matd3-bc": "baselines/matd3_bc.py"}
+EPISODE_SEED = 20_000
+
+
+def load_script(relative: str):
+    """Import an algorithm script as a module (its training lives under `if __name__ == "__main__"`)."""
+    path = REPO / relative
+    name = f"_osd_script_{path.stem}"
+    if name not in sys.modules:  # registered before it runs: its dataclasses look themselves up there
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def load_act_fn(algorithm: str, checkpoint_path: str):
+    """The decentralized policy of a checkpoint, rebuilt by the script that wrote it."""
+    script = load_script(SCRIPTS[algorithm])
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    meta, saved_args = checkpoint["meta"], script.Args(**checkpoint["args"])
+    sizes = [meta["n_agents"], meta["obs_dims"], meta["act_dims"]]
+    if "state_dim" in script.build_networks.__code__.co_varnames[: script.build_networks.__code__.co_argcount]:
+        sizes.append(meta["state_dim"])
+    actors = script.build_networks(*sizes, saved_args, torch.device("cpu"))["actors"]
+    actors.load_state_dict(checkpoint["actors"])
+    actors.eval()
+    normalizer = script.Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
+    return script.make_act_fn(actors, normalizer, torch.device("cpu")), meta
+
+
+def assignment(observations: list[np.ndarray]) -> str:
+    """'ijk' if agent 0, 1, 2 is nearest landmark i, j, k (all different), else 'overlap'.
+    spread obs: [vel(2), pos(2), landmark_rel(3x2), other_rel(2x2), comm(4)]."""
+    nearest = [int(np.linalg.norm(obs[4:10].reshape(3, 2), axis=-1).argmin()) for obs in observations]
+    return "".join(map(str, nearest)) if len(set(nearest)) == 3 else "overlap"
+
+
+def rollout_assignments(act_fn, meta: dict, episodes: int) -> dict:
+    """Roll out `episodes` episodes; the share of each final assignment and the normalized score."""
+    env = osd_common.make_env(TASK)
+    labels, returns = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=EPISODE_SEED + episode)
+        total, done = 0.0, False
+        while not done:
+            obs, _, reward, terminated, truncated = env.step(act_fn(obs))
+            total += reward
+            done = terminated or truncated
+        labels.append(assignment(obs))
+        returns.append(total)
+    env.close()
+    counts = collections.Counter(labels)
+    ref_random = meta.get("ref_random")
+    ref_expert = meta.get("ref_expert")
+    if ref_random is None or ref_expert is None:
+        ref_random, ref_expert = osd_common.reference_returns(TASK)
+    return {"shares": {k: v / episodes for k, v in counts.items()},
+            "overlap": counts.get("overlap", 0) / episodes,
+            "normalized_score": osd_common.normalized_score(float(np.mean(returns)), ref_random, ref_expert)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=pathlib.Path, required=True, help="a folder of run records")
+    parser.add_argument("--tier", default="mixed", choices=osd_common.TIERS, help="the spread tier to look at")
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per checkpoint")
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="also write every run's result here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    results = collections.defaultdict(list)
+    for path in sorted(args.records.glob(f"*__{TASK.replace('/', '_')}__{args.tier}__*.json")):
+        record = osd_common.load_record(path)
+        checkpoint = record["checkpoint"]
+        if record["algorithm"] not in SCRIPTS:
+            continue
+        if not checkpoint or not pathlib.Path(checkpoint).is_file():
+            print(f"spread_coordination: {path.name}: checkpoint {checkpoint!r} is not on this machine; skipped")
+            continue
+        act_fn, meta = load_act_fn(record["algorithm"], checkpoint)
+        result = rollout_assignments(act_fn, meta, args.episodes)
+        result.update(algorithm=record["algorithm"], seed=record["seed"], record=str(path))
+        results[record["algorithm"]].append(result)
+        print(f"{path.name}: overlap {result['overlap']:.0%}, normalized score {result['normalized_score']:.1f}, "
+              f"assignments {dict(sorted(result['shares'].items()))}")
+    if not results:
+        raise SystemExit(f"spread_coordination: no {TASK} {args.tier} record with a checkpoint in {args.records}")
+
+    def cell(values):
+        if len(values) == 1:
+            return f"{values[0]:.1f} (n=1)"
+        return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
+
+    print(f"\n{TASK} {args.tier}, {args.episodes} episodes per run (seeds {EPISODE_SEED}+):\n")
+    print("| algorithm | episodes with two agents on one landmark (%) | distinct assignments used | normalized score |")
+    print("|---|---|---|---|")
+    for algorithm in ("omsd", "omsd-independent", "matd3-bc", "bc"):
+        runs = results.get(algorithm)
+        if not runs:
+            continue
+        used = [sum(1 for k, v in r["shares"].items() if k != "overlap" and v >= 0.05) for r in runs]
+        print(f"| {algorithm} | {cell([100 * r['overlap'] for r in runs])} | "
+              f"{'/'.join(str(u) for u in used)} | {cell([r['normalized_score'] for r in runs])} |")
+    if args.json is not None:
+        args.json.write_text(json.dumps({k: v for k, v in results.items()}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

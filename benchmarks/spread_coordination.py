@@ -113,6 +113,8 @@ def main(argv=None) -> int:
         checkpoint = record["checkpoint"]
         if record["algorithm"] not in SCRIPTS:
             continue
+        if checkpoint and not pathlib.Path(checkpoint).is_file() and (REPO / checkpoint).is_file():
+            checkpoint = str(REPO / checkpoint)  # relative to the repo root, where the grid runs its commands
         if not checkpoint or not pathlib.Path(checkpoint).is_file():
             print(f"spread_coordination: {path.name}: checkpoint {checkpoint!r} is not on this machine; skipped")
             continue

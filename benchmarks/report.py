@@ -247,7 +247,9 @@ def section(records_dir: pathlib.Path, records: list[dict], out: pathlib.Path, f
     cells = group(records)
     algorithms = ordered({r["algorithm"] for r in records}, ALGORITHM_ORDER)
     with_paper = any(cell in PAPER_OMSD for cell in cells)
-    lines = [
+    about = records_dir / "ABOUT.md"  # what these runs are, in a sentence or two, written by whoever made them
+    lines = [about.read_text().strip(), ""] if about.exists() else []
+    lines += [
         f"{level} Final normalized score (last evaluation)",
         "",
         *score_table(cells, algorithms, "final_normalized_score", with_paper),

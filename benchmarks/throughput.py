@@ -98,7 +98,8 @@ def make_phase_steps(task: str, batch_size: int, device: torch.device, seed: int
                 net.requires_grad_(False)
             frozen = True
         loss, _ = osd_mpe.actor_loss(actors, score_net, q_target, obs, state, condition, prefix_mask, act_mask,
-                                     args.beta, args.t_min, args.t_max, args.weighting, args.normalize_q)
+                                     osd_mpe.DEFAULT_BETA, args.t_min, args.t_max, args.weighting,
+                                     args.normalize_q)
         for optimizer in actor_optimizers:
             optimizer.zero_grad()
         loss.backward()

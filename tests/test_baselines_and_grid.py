@@ -297,6 +297,7 @@ def test_report_one_section_per_record_folder(tmp_path):
     osd_common.write_record(root / "smoke" / "omsd__mpe_simple_spread__mixed__1.json",
                             fake_record("omsd", "mpe/simple_spread", "mixed", 1, 1.0, 1.0))
     (root / "short" / "grid_manifest.json").write_text(json.dumps({"invocations": [{"budget": "short"}]}))
+    (root / "short" / "ABOUT.md").write_text("The short budget, for a quick look.")
     dirs = report.default_record_dirs(root)
     assert dirs == [root, root / "short"]  # smoke runs never reach the report
     out, figures = tmp_path / "results.md", tmp_path / "figures"
@@ -305,6 +306,7 @@ def test_report_one_section_per_record_folder(tmp_path):
     records_part, short_part = text.split("## Budget `short`")
     assert "## Budget `records`" in records_part and "80.0 (n=1)" in records_part and "50.0" not in records_part
     assert "50.0 (n=1)" in short_part and "80.0" not in short_part
+    assert "The short budget, for a quick look." in short_part and "quick look" not in records_part
     assert (figures / "curves_short_mpe_simple_spread.png").exists()
     assert (figures / "curves_records_mpe_simple_spread.png").exists()
 

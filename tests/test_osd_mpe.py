@@ -248,6 +248,7 @@ def test_training_writes_tensorboard_scalars_and_checkpoint(trained_run):
     assert checkpoint["normalizers"]["obs_mean"].shape == (3, 18)
     assert checkpoint["normalizers"]["state_std"].shape == (54,)
     assert checkpoint["args"]["seed"] == 3 and checkpoint["args"]["policy_steps"] == 20
+    assert checkpoint["args"]["beta"] == 0.3  # no --beta: the tier's default (BETA_BY_TIER; random -> 0.3)
     assert checkpoint["meta"]["task"] == "mpe/simple_spread" and checkpoint["meta"]["obs_dims"] == [18, 18, 18]
 
 

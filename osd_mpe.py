@@ -115,7 +115,7 @@ class Args:
     """episodes per evaluation (both presets 10)"""
     final_eval_episodes: int | None = None
     """episodes of the last evaluation, the run's recorded final score, and of --eval-only (both presets 100: one spread
-    episode's return varies so much that 10 episodes leave about +-9 normalized points of noise)"""
+    episode's return varies so much that 10 episodes leave about +-7 normalized points of noise)"""
     behavior_batch_size: int | None = None
     """behavior-model batch size (default preset 256, paper 512)"""
     critic_batch_size: int | None = None

@@ -345,7 +345,7 @@ def build_report(records_dirs: list[pathlib.Path], out: pathlib.Path, figures_di
             lines += section(records_dir, records, out, figures_dir, "", "##")
         else:
             budget = budget_of(records_dir)
-            lines += [f"## Budget `{budget}`: {len(records)} runs in `{_rel(records_dir)}`", ""]
+            lines += [f"## Budget `{budget}`: {len(records)} run{'s' if len(records) != 1 else ''} in `{_rel(records_dir)}`", ""]
             lines += section(records_dir, records, out, figures_dir, f"{budget}_", "###")
 
     if throughput is not None and throughput.exists():

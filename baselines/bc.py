@@ -77,8 +77,8 @@ class Args:
     eval_episodes: int | None = None
     """episodes per evaluation (both presets 10)"""
     final_eval_episodes: int | None = None
-    """episodes of the last evaluation, the run's recorded final score, and of --eval-only (default: 100 on MPE, whose short
-    episodes vary a lot, 20 on MaMuJoCo)"""
+    """episodes of the last evaluation, the run's recorded final score, and of --eval-only (default:
+    osd_common.default_final_eval_episodes, 100 on MPE, 20 on MaMuJoCo)"""
     batch_size: int | None = None
     """batch size (both presets 256)"""
 
@@ -248,7 +248,9 @@ def run_eval_only(args: Args, device: torch.device) -> None:
         net.load_state_dict(checkpoint[name])
     obs_normalizer = Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
     # as many episodes as the final evaluation of training, whose recorded score this reproduces
-    episodes = args.final_eval_episodes or (100 if checkpoint["meta"]["task"].startswith("mpe/") else 20)
+    episodes = args.final_eval_episodes
+    if episodes is None:
+        episodes = osd_common.default_final_eval_episodes(checkpoint["meta"]["task"])
     result = evaluate_policy(nets["actors"], obs_normalizer, device, meta["task"], episodes, args.seed + 10_000,
                              meta, capture_video=args.capture_video)
     print(f"eval-only {args.checkpoint}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}, "
@@ -304,7 +306,7 @@ if __name__ == "__main__":
     meta = data.meta
     args.task, args.tier = meta["task"], meta.get("tier", args.tier)
     if args.final_eval_episodes is None:
-        args.final_eval_episodes = 100 if args.task.startswith("mpe/") else 20
+        args.final_eval_episodes = osd_common.default_final_eval_episodes(args.task)
     n_agents, obs_dims, act_dims = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"])
     env_probe = osd_common.make_env(args.task)
     if list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
+import inspect
 import json
 import pathlib
 import statistics
@@ -58,7 +59,7 @@ def load_act_fn(algorithm: str, checkpoint_path: str):
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     meta, saved_args = checkpoint["meta"], script.Args(**checkpoint["args"])
     sizes = [meta["n_agents"], meta["obs_dims"], meta["act_dims"]]
-    if "state_dim" in script.build_networks.__code__.co_varnames[: script.build_networks.__code__.co_argcount]:
+    if "state_dim" in inspect.signature(script.build_networks).parameters:  # BC's actors need no state size
         sizes.append(meta["state_dim"])
     actors = script.build_networks(*sizes, saved_args, torch.device("cpu"))["actors"]
     actors.load_state_dict(checkpoint["actors"])

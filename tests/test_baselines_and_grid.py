@@ -153,6 +153,20 @@ def test_nan_guard_stops_with_a_clear_message(algorithm):
         module.check_finite({"ok": 1.0, "q": float("nan")}, 7)
 
 
+@pytest.mark.parametrize("script, flag, value", [
+    ("osd_mpe.py", "eval_every", 0), ("osd_mamujoco.py", "policy_steps", 0), ("osd_mpe.py", "critic_steps", -1),
+    ("baselines/bc.py", "final_eval_episodes", 0), ("baselines/matd3_bc.py", "batch_size", -4)])
+def test_a_budget_below_its_minimum_is_refused_naming_its_flag(script, flag, value):
+    module = load_module(REPO / script)
+    filled = module.resolve_budgets(module.Args())  # the preset's own values pass
+    assert getattr(filled, flag) is None or getattr(filled, flag) >= 1
+    if script.startswith("osd_"):  # phase 1 may be skipped (0 steps), as --pretrained does
+        assert module.resolve_budgets(module.Args(pretrain_steps=0, critic_steps=0)).pretrain_steps == 0
+    low = 0 if flag == "critic_steps" else 1
+    with pytest.raises(SystemExit, match=f"--{flag.replace('_', '-')} is {value}; it must be at least {low}"):
+        module.resolve_budgets(module.Args(**{flag: value}))
+
+
 def test_unknown_task_is_refused(tmp_path):
     process = run_script(BASELINES["bc"], "--task", "mpe/simple_nothing", cwd=tmp_path)
     assert process.returncode != 0 and "unknown task 'mpe/simple_nothing'" in process.stderr

@@ -535,7 +535,7 @@ RECORD_SCHEMA = {
     "task": str,
     "tier": str,
     "seed": int,
-    "dataset": dict,  # path, sha256, transitions
+    "dataset": dict,  # path, sha256, transitions, normalized_score (of the data's own episodes)
     "final_normalized_score": float,  # at the last evaluation
     "final_return_mean": float,
     "final_return_std": float,
@@ -563,7 +563,8 @@ class RecordError(ValueError):
 
 
 def git_commit() -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether tracked files differ from it) of the checkout this file is in."""
+    """(HEAD commit, whether tracked files other than benchmarks/records differ from it) of the checkout
+    this file is in."""
     import subprocess
 
     def git(*argv):
@@ -573,7 +574,8 @@ def git_commit() -> tuple[str | None, bool | None]:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return None, None
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        # run records and grid manifests are outputs, not code: a grid writing them must not mark its runs dirty
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/records")
         return head.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -613,7 +615,8 @@ def make_record(*, algorithm: str, args, meta: dict, dataset_path, seed: int, ev
         "task": meta["task"],
         "tier": meta.get("tier", "custom"),
         "seed": int(seed),
-        "dataset": {"path": str(dataset_path), "sha256": meta.get("sha256"), "transitions": meta.get("transitions")},
+        "dataset": {"path": str(dataset_path), "sha256": meta.get("sha256"), "transitions": meta.get("transitions"),
+                    "normalized_score": meta.get("normalized_score")},  # the data's own average episode
         "final_normalized_score": float(final["normalized_score"]),
         "final_return_mean": float(final["return_mean"]),
         "final_return_std": float(final["return_std"]),

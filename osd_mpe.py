@@ -204,6 +204,12 @@ def resolve_budgets(args: Args) -> Args:
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    # a bad budget stops here with its flag named, not later as a division by zero or an empty run
+    at_least = {"pretrain_steps": 0, "critic_steps": 0}
+    for name in PRESETS[args.preset]:
+        value, low = getattr(args, name), at_least.get(name, 1)
+        if value < low:
+            raise SystemExit(f"osd_mpe: --{name.replace('_', '-')} is {value}; it must be at least {low}")
     return args
 
 
@@ -775,7 +781,7 @@ if __name__ == "__main__":
             eval_start = time.time()
             # the last evaluation is the recorded final score: more episodes, so that evaluation noise
             # does not swamp the differences between seeds and algorithms
-            episodes = max(args.eval_episodes, args.final_eval_episodes) if step == args.policy_steps - 1 else args.eval_episodes
+            episodes = args.final_eval_episodes if step == args.policy_steps - 1 else args.eval_episodes
             result = evaluate_policy(actors, obs_normalizer, device, args.task, episodes, eval_seed, meta)
             eval_time += time.time() - eval_start
             eval_history.append((step + 1, result))

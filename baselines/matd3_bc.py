@@ -146,6 +146,11 @@ def resolve_budgets(args: Args) -> Args:
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    # a bad budget stops here with its flag named, not later as a division by zero or an empty run
+    for name in [*PRESETS[args.preset], "final_eval_episodes"]:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"matd3_bc: --{name.replace('_', '-')} is {value}; it must be at least 1")
     return args
 
 
@@ -470,7 +475,7 @@ if __name__ == "__main__":
             eval_start = time.time()
             # the last evaluation is the recorded final score: more episodes, so that evaluation noise
             # does not swamp the differences between seeds and algorithms
-            episodes = max(args.eval_episodes, args.final_eval_episodes) if step == args.total_steps - 1 else args.eval_episodes
+            episodes = args.final_eval_episodes if step == args.total_steps - 1 else args.eval_episodes
             result = evaluate_policy(actors, obs_normalizer, device, args.task, episodes, eval_seed, meta)
             eval_time += time.time() - eval_start
             eval_history.append((step + 1, result))

@@ -44,6 +44,7 @@ PAPER_OMSD = {
     ("mamujoco/HalfCheetah-2x3", "expert"): "return ≈8,620 (og-marl Good)",
 }
 PAPER_HEADER = "OMSD, reported by the paper on OMAR's data; comparable in shape only"
+DATA_HEADER = "the data's own episodes"
 
 
 def load_records(records_dir: pathlib.Path) -> list[dict]:
@@ -88,14 +89,34 @@ def group(records: list[dict]) -> dict:
     return {cell: {algo: list(by_seed.values()) for algo, by_seed in algos.items()} for cell, algos in cells.items()}
 
 
-def score_table(cells: dict, algorithms: list[str], key: str, with_paper: bool) -> list[str]:
+def data_score(task: str, tier: str, runs: list[dict]) -> str:
+    """The normalized score of the dataset's own average episode: from the records (written there since
+    records carry dataset.normalized_score), else from the metadata of this checkout's cached dataset
+    file, if it is the very file the runs used (same sha256)."""
+    for record in runs:
+        if record["dataset"].get("normalized_score") is not None:
+            return f"{record['dataset']['normalized_score']:.1f}"
+    try:
+        with np.load(osd_common.dataset_path(task, tier), allow_pickle=False) as archive:
+            meta = json.loads(str(archive["metadata"]))
+    except (osd_common.TaskError, OSError, KeyError, ValueError):
+        return "—"
+    same_file = meta.get("sha256") in {r["dataset"]["sha256"] for r in runs}
+    return f"{meta['normalized_score']:.1f}" if same_file and meta.get("normalized_score") is not None else "—"
+
+
+def score_table(cells: dict, algorithms: list[str], key: str, with_paper: bool, with_data: bool = False) -> list[str]:
     header = ["task", "tier"] + [ALGORITHM_LABELS.get(a, a) for a in algorithms]
+    if with_data:
+        header.append(DATA_HEADER)
     if with_paper:
         header.append(PAPER_HEADER)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task, tier in sorted(cells, key=lambda c: (_index(c[0], osd_common.TASKS), _index(c[1], osd_common.TIERS))):
         row = [TASK_LABELS.get(task, task), tier]
         row += [format_cell([r[key] for r in cells[(task, tier)].get(a, [])]) for a in algorithms]
+        if with_data:
+            row.append(data_score(task, tier, [r for runs in cells[(task, tier)].values() for r in runs]))
         if with_paper:
             row.append(PAPER_OMSD.get((task, tier), "—"))
         lines.append("| " + " | ".join(row) + " |")
@@ -252,7 +273,10 @@ def section(records_dir: pathlib.Path, records: list[dict], out: pathlib.Path, f
     lines += [
         f"{level} Final normalized score (last evaluation)",
         "",
-        *score_table(cells, algorithms, "final_normalized_score", with_paper),
+        *score_table(cells, algorithms, "final_normalized_score", with_paper, with_data=True),
+        "",
+        f"\"{DATA_HEADER}\": the normalized score of the dataset's average episode, the level a learner must "
+        "pass to improve on its data.",
         "",
     ]
     if with_paper:

@@ -95,7 +95,9 @@ def test_baseline_writes_checkpoint_events_and_a_valid_record(trained, tiny_data
     assert [step for step, _ in record["eval_curve"]] == [30, 60]
     assert record["final_normalized_score"] == record["eval_curve"][-1][1]
     assert record["best_normalized_score"] == max(score for _, score in record["eval_curve"])
-    assert record["dataset"]["sha256"] == osd_common.load_dataset(str(tiny_dataset)).meta["sha256"]
+    data_meta = osd_common.load_dataset(str(tiny_dataset)).meta
+    assert record["dataset"]["sha256"] == data_meta["sha256"]
+    assert record["dataset"]["normalized_score"] == data_meta["normalized_score"]  # the data's own level
     assert record["updates_per_s"] > 0 and record["wall_time_s"] >= record["train_time_s"] > 0
     assert "--record" in record["command"] and record["machine"]["torch_threads"] == 1
     assert [p.name for p in record_path.parent.iterdir()] == [record_path.name]  # no temporary file left
@@ -151,6 +153,20 @@ def test_nan_guard_stops_with_a_clear_message(algorithm):
     module.check_finite({"ok": 1.0}, 3)
     with pytest.raises(SystemExit, match=r"loss 'q' is nan at step 7\. Training stopped"):
         module.check_finite({"ok": 1.0, "q": float("nan")}, 7)
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    ("osd_mpe.py", "eval_every", 0), ("osd_mamujoco.py", "policy_steps", 0), ("osd_mpe.py", "critic_steps", -1),
+    ("baselines/bc.py", "final_eval_episodes", 0), ("baselines/matd3_bc.py", "batch_size", -4)])
+def test_a_budget_below_its_minimum_is_refused_naming_its_flag(script, flag, value):
+    module = load_module(REPO / script)
+    filled = module.resolve_budgets(module.Args())  # the preset's own values pass
+    assert getattr(filled, flag) is None or getattr(filled, flag) >= 1
+    if script.startswith("osd_"):  # phase 1 may be skipped (0 steps), as --pretrained does
+        assert module.resolve_budgets(module.Args(pretrain_steps=0, critic_steps=0)).pretrain_steps == 0
+    low = 0 if flag == "critic_steps" else 1
+    with pytest.raises(SystemExit, match=f"--{flag.replace('_', '-')} is {value}; it must be at least {low}"):
+        module.resolve_budgets(module.Args(**{flag: value}))
 
 
 def test_unknown_task_is_refused(tmp_path):
@@ -258,13 +274,35 @@ def test_grid_submitit_is_optional(tmp_path):
                    "--records-dir", str(tmp_path), "--submitit"])
 
 
+def test_git_dirty_counts_code_not_records(tmp_path, monkeypatch):
+    """A grid writes its manifest and records while its runs go: those must not mark the runs dirty."""
+    def git(*argv):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *argv], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "benchmarks" / "records").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "records" / "grid_manifest.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(osd_common, "REPO_ROOT", tmp_path)
+    commit, dirty = osd_common.git_commit()
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "benchmarks" / "records" / "grid_manifest.json").write_text('{"invocations": []}\n')
+    assert osd_common.git_commit() == (commit, False)
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert osd_common.git_commit() == (commit, True)
+
+
 def test_report_table_mean_std_and_figures(tmp_path):
     import report
 
     records = tmp_path / "records"
     for seed, final, best in ((1, 10.0, 30.0), (2, 20.0, 40.0)):
-        osd_common.write_record(records / f"bc__mpe_simple_spread__expert__{seed}.json",
-                                fake_record("bc", "mpe/simple_spread", "expert", seed, final, best))
+        record = fake_record("bc", "mpe/simple_spread", "expert", seed, final, best)
+        record["dataset"]["normalized_score"] = 100.25  # the data's own average, as scripts now record it
+        osd_common.write_record(records / f"bc__mpe_simple_spread__expert__{seed}.json", record)
     osd_common.write_record(records / "omsd__mpe_simple_spread__random__1.json",
                             fake_record("omsd", "mpe/simple_spread", "random", 1, 70.0, 75.0))
     (records / "matd3-bc__mpe_simple_spread__expert__1.json").write_text("{")  # broken: left out
@@ -276,9 +314,11 @@ def test_report_table_mean_std_and_figures(tmp_path):
     header = next(line for line in table.splitlines() if line.startswith("| task"))
     assert header.split(" | ")[2:4] == ["OMSD", "BC"] and "comparable in shape only" in header
     expert_row = next(line for line in table.splitlines() if "| expert |" in line)
-    assert "15.0 ± 7.1 (n=2)" in expert_row and expert_row.rstrip(" |").endswith("102.3")  # the paper's number
+    assert header.split(" | ")[4] == "the data's own episodes"
+    assert "15.0 ± 7.1 (n=2) | 100.2 | 102.3 |" in expert_row  # BC, the data's own score, the paper's number
     random_row = next(line for line in table.splitlines() if "| random |" in line)
-    assert "70.0 (n=1)" in random_row and random_row.rstrip(" |").endswith("69.8")
+    # a record without the data's score, whose dataset file (sha256 'abc') is not in this checkout: unknown
+    assert "70.0 (n=1) | — | — | 69.8 |" in random_row
     best = text.split("## Best")[1].split("##")[0]
     assert "35.0 ± 7.1 (n=2)" in best
     assert "MATD3+BC" not in header and "(3 runs)" in text  # the broken record is not counted

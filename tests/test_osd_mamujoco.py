@@ -90,6 +90,7 @@ def test_training_writes_tensorboard_scalars_checkpoint_and_record(trained_run):
     assert checkpoint["normalizers"]["obs_mean"].shape == (2, 11)
     assert checkpoint["normalizers"]["state_std"].shape == (17,)  # env.state(), not the stacked observations
     assert checkpoint["args"]["seed"] == 3 and checkpoint["args"]["policy_steps"] == 20
+    assert checkpoint["args"]["beta"] == 0.05  # no --beta: the random tier's default (BETA_BY_TIER leaves it out)
     assert checkpoint["meta"]["task"] == TASK and checkpoint["meta"]["obs_dims"] == [11, 11]
 
     record = osd_common.load_record(trained_run / "records" / "first.json")  # checks the whole schema

@@ -52,9 +52,9 @@ are osd_mpe.py's, measured there (docs/osd_mpe_notes.md) and not tuned on MaMuJo
 - `--normalize-q` on, beta per tier (osd_mpe.py uses 0.3 and 0.01 on mixed): with the Q gradient divided
   by its per-agent batch RMS (SRPO's regq), beta does not depend on the reward scale (HalfCheetah's Q is in
   the hundreds, MPE's in the tens). 0.05 by default: on a 20-episode expert check (one seed) 0.3 stayed
-  near return 100 while 0.05 and 0.1 reached 2,000-5,800. 0.01 on expert and medium-expert: at the short
-  budget on HalfCheetah-2x3, 3 seeds, it beat 0.05 for both decompositions (docs/osd_mamujoco_notes.md
-  §3, chosen on the seeds it is reported on). BETA_BY_TIER holds the values.
+  near return 100 while 0.05 and 0.1 reached 2,000-5,800. 0.01 on medium, expert and medium-expert: at the
+  short budget on HalfCheetah-2x3, 3 seeds, it beat 0.05 for both decompositions there and tied on
+  medium-replay (docs/osd_mamujoco_notes.md §3, chosen on the seeds it is reported on). BETA_BY_TIER holds the values.
 - Score network: one network for all agents with the global state, as §3 specifies; two residual blocks
   (the authors' depth) rather than SRPO's three, for speed (it runs on batch x N rows).
 - The actors' loss sums (5.2) over agents; each L_i reaches only actor i, so one backward pass serves all,
@@ -166,9 +166,9 @@ class Args:
     # actors (§5)
     beta: float | None = None
     """weight of the Q-gradient term in (5.2): small beta = strong behavior regularization (with
-    --normalize-q the Q push has unit RMS per action entry). Default per tier, BETA_BY_TIER: 0.01 on expert
-    and medium-expert (measured against 0.05 on HalfCheetah, docs/osd_mamujoco_notes.md), 0.05 on every
-    other tier and on your own data; tune it per tier with --pretrained"""
+    --normalize-q the Q push has unit RMS per action entry). Default per tier, BETA_BY_TIER: 0.01 on medium,
+    expert and medium-expert (measured against 0.05 on HalfCheetah, docs/osd_mamujoco_notes.md), 0.05 on
+    random, medium-replay and your own data; tune it per tier with --pretrained"""
     normalize_q: bool = True
     """divide the Q gradient by its batch RMS per agent (SRPO's regq), making beta scale-free"""
     t_min: float = 0.02
@@ -214,9 +214,9 @@ PRESETS = {
 }
 MAMUJOCO_TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 # docs/osd_mamujoco_notes.md §3: on HalfCheetah-2x3 (short budget, seeds 1-3, phase 2 on the same phase 1)
-# beta 0.01 beat 0.05 for both decompositions on expert and medium-expert; the other tiers keep 0.05
-# until they are measured.
-BETA_BY_TIER = {"expert": 0.01, "medium-expert": 0.01}
+# beta 0.01 beat 0.05 for both decompositions on expert, medium-expert and medium; on medium-replay the two
+# were level and random learns nothing at either, so those keep 0.05.
+BETA_BY_TIER = {"medium": 0.01, "expert": 0.01, "medium-expert": 0.01}
 DEFAULT_BETA = 0.05
 EXAMPLE_SPLITS = ("mamujoco/Ant-2x4", "mamujoco/Hopper-3x1", "mamujoco/Walker2d-2x3")
 

@@ -204,13 +204,24 @@ def plot_curves(cells: dict, algorithms: list[str], figures_dir: pathlib.Path, p
                 if not runs:
                     continue
                 seeds.add(len(runs))
-                steps, mean, std = mean_curve([r["eval_curve"] for r in runs])
-                (handles[algorithm],) = ax.plot(steps, mean, color=colors[algorithm], marker="o", markersize=2.5)
-                ax.fill_between(steps, mean - std, mean + std, color=colors[algorithm], alpha=0.2)
+                # the line is the periodic evaluations (few episodes, the same start states each time); the
+                # last point of every curve is the final score over more episodes, so it gets its own marker
+                # instead of a segment that would read as late-training progress
+                periodic = [r["eval_curve"][:-1] for r in runs if len(r["eval_curve"]) > 1]
+                if len(periodic) == len(runs):
+                    steps, mean, std = mean_curve(periodic)
+                    (handles[algorithm],) = ax.plot(steps, mean, color=colors[algorithm], marker="o", markersize=2.5)
+                    ax.fill_between(steps, mean - std, mean + std, color=colors[algorithm], alpha=0.2)
+                finals = np.array([r["final_normalized_score"] for r in runs], dtype=np.float64)
+                final_step = max(r["eval_curve"][-1][0] for r in runs)
+                final_std = finals.std(ddof=1) if len(finals) > 1 else 0.0
+                container = ax.errorbar([final_step], [finals.mean()], yerr=[final_std], color=colors[algorithm],
+                                        marker="*", markersize=8, capsize=3, linestyle="none")
+                handles.setdefault(algorithm, container.lines[0])
             ax.axhline(100.0, color="grey", lw=0.8, ls="--")
             ax.axhline(0.0, color="grey", lw=0.8, ls=":")
             n = f"n={min(seeds)}" if len(seeds) == 1 else f"n={min(seeds)}-{max(seeds)}"
-            ax.set_title(f"{tier} ({n} seeds)", fontsize=9)
+            ax.set_title(f"{tier} ({n} seed{'' if seeds == {1} else 's'})", fontsize=9)
             ax.set_xlabel("training step at evaluation")
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
@@ -221,7 +232,8 @@ def plot_curves(cells: dict, algorithms: list[str], figures_dir: pathlib.Path, p
         fig.legend([handles[a] for a in algorithms if a in handles],
                    [ALGORITHM_LABELS.get(a, a) for a in algorithms if a in handles],
                    loc="lower center", ncol=max(len(handles), 1), fontsize=8, frameon=False)
-        fig.suptitle(f"{task}: normalized score during training, mean ± std over seeds", fontsize=10)
+        fig.suptitle(f"{task}: normalized score during training (star: final score), mean ± std over seeds",
+                     fontsize=10)
         fig.tight_layout(rect=(0, 0.6 / (3.2 * rows + 0.6), 1, 1 - 0.3 / (3.2 * rows + 0.6)))
         path = figures_dir / f"curves_{prefix}{task.replace('/', '_')}.png"
         fig.savefig(path, dpi=110)
@@ -308,7 +320,10 @@ def section(records_dir: pathlib.Path, records: list[dict], out: pathlib.Path, f
             rel = os.path.relpath(path, out.parent)
             lines += [f"![learning curves]({rel})", ""]
         lines += ["The x axis is each algorithm's own training step: actor steps (phase 2) for OMSD, critic "
-                  "steps for MATD3+BC, steps for BC. Bands are ± one standard deviation over seeds.", ""]
+                  "steps for MATD3+BC, steps for BC. Bands are ± one standard deviation over seeds. The line is "
+                  "the periodic evaluations (a few episodes from the same start states each time); the star at "
+                  "the end is the final score, over the record's own episode count (the number in the tables), "
+                  "with its standard deviation over seeds as the error bar.", ""]
 
     lines += [f"{level} How these records were made", ""]
     manifest = records_dir / "grid_manifest.json"

@@ -30,6 +30,11 @@ import sys
 import time
 from datetime import datetime, timezone
 
+try:
+    import fcntl  # POSIX; without it (Windows) concurrent grids on one folder are not guarded
+except ImportError:
+    fcntl = None
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -213,19 +218,32 @@ def run_submitit(runs: list[dict], args) -> None:
 
 
 def write_manifest(records_dir: pathlib.Path, entry: dict) -> None:
-    """Append this invocation to <records>/grid_manifest.json (read by report.py), atomically."""
+    """Append this invocation to <records>/grid_manifest.json (read by report.py), atomically.
+
+    Two grids started together on one folder would each read the manifest, append, and write it back,
+    and the later write would drop the earlier entry: the read-modify-write holds a lock file. A manifest
+    that does not parse stops the grid rather than being replaced, since it is the folder's only list of
+    how its records were made.
+    """
     path = records_dir / MANIFEST
-    invocations = []
-    if path.exists():
-        try:
-            invocations = json.loads(path.read_text())["invocations"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            invocations = []
-    invocations.append(entry)
     records_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"invocations": invocations}, indent=1) + "\n")
-    os.replace(tmp, path)
+    with open(records_dir / f".{MANIFEST}.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        invocations = []
+        if path.exists():
+            try:
+                invocations = json.loads(path.read_text())["invocations"]
+                if not isinstance(invocations, list):
+                    raise TypeError("'invocations' is not a list")
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise SystemExit(f"grid: {path} is not a grid manifest ({error}). It lists how the records in "
+                                 f"{records_dir} were made, so the grid does not replace it: repair it, or move it "
+                                 "aside, and run again") from None
+        invocations.append(entry)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"invocations": invocations}, indent=1) + "\n")
+        os.replace(tmp, path)
 
 
 def parse_args(argv=None):

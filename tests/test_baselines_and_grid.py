@@ -274,6 +274,43 @@ def test_grid_submitit_is_optional(tmp_path):
                    "--records-dir", str(tmp_path), "--submitit"])
 
 
+def _append_manifest_entries(records_dir: str, worker: int, count: int) -> None:
+    import grid
+
+    for i in range(count):
+        grid.write_manifest(pathlib.Path(records_dir), {"worker": worker, "i": i})
+
+
+def test_concurrent_grids_keep_every_manifest_entry(tmp_path):
+    """Grids started together on one folder once dropped each other's manifest entry (read, append, write)."""
+    import multiprocessing
+
+    import grid
+
+    processes = [multiprocessing.get_context("fork").Process(target=_append_manifest_entries,
+                                                             args=(str(tmp_path), worker, 40))
+                 for worker in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert all(process.exitcode == 0 for process in processes)
+    entries = json.loads((tmp_path / grid.MANIFEST).read_text())["invocations"]
+    assert sorted((e["worker"], e["i"]) for e in entries) == [(w, i) for w in range(4) for i in range(40)]
+
+
+def test_unreadable_manifest_stops_the_grid_and_is_kept(tmp_path):
+    import grid
+
+    manifest = tmp_path / grid.MANIFEST
+    manifest.write_text('{"invocations": [{"command": "an earlier grid"}')  # cut off
+    with pytest.raises(SystemExit, match="grid_manifest.json is not a grid manifest"):
+        grid.main(["--budget", "smoke", "--algos", "bc", "--tasks", "mpe/simple_spread", "--tiers", "expert",
+                   "--seeds", "1", "--records-dir", str(tmp_path)])
+    assert manifest.read_text() == '{"invocations": [{"command": "an earlier grid"}'
+    assert not list(tmp_path.glob("*__*.json"))  # no run started
+
+
 def test_git_dirty_counts_code_not_records(tmp_path, monkeypatch):
     """A grid writes its manifest and records while its runs go: those must not mark the runs dirty."""
     def git(*argv):

@@ -248,7 +248,9 @@ def budget_of(records_dir: pathlib.Path) -> str:
     if manifest.exists():
         try:
             budgets = {entry.get("budget") for entry in json.loads(manifest.read_text())["invocations"]}
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            print(f"report: {manifest} is unreadable ({error!r}); labelling its records by the folder name "
+                  f"'{records_dir.name}'. Restore the file from git to label them by budget.", file=sys.stderr)
             budgets = set()
         if len(budgets) == 1:
             return str(budgets.pop())

@@ -6,7 +6,9 @@
     python datasets/generate.py --card                                     # refresh the tables of datasets/README.md
 
 Datasets go to the git-ignored cache `datasets/cache/<task>/<tier>.npz` (or `--out PATH`); an existing
-file is never overwritten without `--force`. The same `--seed` always gives the same file (same sha256).
+file is never overwritten without `--force`. The same `--seed` always gives the same arrays: the
+`sha256` in the file's metadata, a hash of the arrays, repeats (the .npz bytes do not, as the zip
+entries carry the time they were written).
 
 Tiers (sizes in TIER_EPISODES; what each is for in datasets/README.md):
   expert         convention 0, action noise N(0, 0.1^2)

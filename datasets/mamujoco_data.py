@@ -19,7 +19,7 @@ Tiers (episodes of 1000 steps; sizes in TIER_EPISODES):
                  10k steps uniform random), in order, up to the medium checkpoint's step
                  (a prefix of the git-ignored cache file the training run writes)
 
-The same seed always gives the same file (same sha256) on the same software: data episodes are reset
+The same seed always gives the same arrays (the metadata's sha256) on the same software: data episodes are reset
 with seeds 10_000_000 + seed * 1_000_000 + k (far from the evaluation seeds 0, 1, ...), and the noise
 comes from numpy's default_rng(seed). The actor runs on the CPU with one torch thread.
 """

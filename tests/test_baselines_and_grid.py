@@ -388,6 +388,17 @@ def test_report_one_section_per_record_folder(tmp_path):
     assert (figures / "curves_records_mpe_simple_spread.png").exists()
 
 
+def test_report_names_an_unreadable_manifest_and_labels_by_folder(tmp_path, capsys):
+    import report
+
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "grid_manifest.json").write_text(json.dumps({"invocations": [{"budget": "default"}]}))
+    assert report.budget_of(tmp_path / "short") == "default"  # the manifest wins over the folder's name
+    (tmp_path / "short" / "grid_manifest.json").write_text("{ truncated")
+    assert report.budget_of(tmp_path / "short") == "short"
+    assert "grid_manifest.json is unreadable" in capsys.readouterr().err
+
+
 def test_spread_coordination_classifies_final_assignments(train, tmp_path, monkeypatch):
     import shutil
 

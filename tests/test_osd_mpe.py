@@ -310,3 +310,26 @@ def test_nan_guard_names_the_loss_and_step(workdir):
     assert result.returncode != 0
     assert "loss 'q' is inf at phase-1 step 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_regularizer_pull_hears_the_predecessor_only_when_sequential(trained_run, monkeypatch):
+    """benchmarks/regularizer_pull.py on real checkpoints: with sequential masks agent 0's action reaches
+    the followers' regularizer; with independent masks it cannot, so their pulls do not move at all."""
+    import regularizer_pull
+
+    result = run_script(trained_run, "--dataset", "tiny.npz", "--seed", "3", "--exp-name", "indep",
+                        "--decomposition", "independent", *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.chdir(trained_run)  # the runs name their dataset relative to it
+    (sequential,) = (trained_run / "checkpoints").glob("mpe_simple_spread__first__3__*.pt")
+    (independent,) = (trained_run / "checkpoints").glob("mpe_simple_spread__indep__3__*.pt")
+    seq = regularizer_pull.measure(str(sequential), n_states=64, draws=4)
+    ind = regularizer_pull.measure(str(independent), n_states=64, draws=4)
+    assert (seq["decomposition"], ind["decomposition"]) == ("sequential", "independent")
+    for row in ("leader=data", "leader=uniform"):
+        assert ind["pull"][row][1:] == pytest.approx(ind["pull"]["zero"][1:], rel=1e-5)
+        assert seq["pull"][row][1:] != pytest.approx(seq["pull"]["zero"][1:], rel=1e-3)
+    assert all(len(v) == 3 and all(np.isfinite(v)) for v in seq["pull"].values())
+    assert "| leader=data |" in regularizer_pull.format_result("run", seq)
+    with pytest.raises(SystemExit, match="--checkpoint .*missing.pt does not exist"):
+        regularizer_pull.measure(str(trained_run / "missing.pt"))

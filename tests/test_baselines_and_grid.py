@@ -340,8 +340,9 @@ def test_report_table_mean_std_and_figures(tmp_path):
         record = fake_record("bc", "mpe/simple_spread", "expert", seed, final, best)
         record["dataset"]["normalized_score"] = 100.25  # the data's own average, as scripts now record it
         osd_common.write_record(records / f"bc__mpe_simple_spread__expert__{seed}.json", record)
-    osd_common.write_record(records / "omsd__mpe_simple_spread__random__1.json",
-                            fake_record("omsd", "mpe/simple_spread", "random", 1, 70.0, 75.0))
+    random_record = fake_record("omsd", "mpe/simple_spread", "random", 1, 70.0, 75.0)
+    random_record["dataset"]["sha256"] = "abc-random"  # another file than the expert runs'
+    osd_common.write_record(records / "omsd__mpe_simple_spread__random__1.json", random_record)
     (records / "matd3-bc__mpe_simple_spread__expert__1.json").write_text("{")  # broken: left out
     out, figures = tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures"
     assert report.main(["--records", str(records), "--out", str(out), "--figures-dir", str(figures),
@@ -354,7 +355,7 @@ def test_report_table_mean_std_and_figures(tmp_path):
     assert header.split(" | ")[4] == "the data's own episodes"
     assert "15.0 ± 7.1 (n=2) | 100.2 | 102.3 |" in expert_row  # BC, the data's own score, the paper's number
     random_row = next(line for line in table.splitlines() if "| random |" in line)
-    # a record without the data's score, whose dataset file (sha256 'abc') is not in this checkout: unknown
+    # a record without the data's score, whose dataset file no record and no cached file knows: unknown
     assert "70.0 (n=1) | — | — | 69.8 |" in random_row
     best = text.split("## Best")[1].split("##")[0]
     assert "35.0 ± 7.1 (n=2)" in best
@@ -386,6 +387,25 @@ def test_report_one_section_per_record_folder(tmp_path):
     assert "The short budget, for a quick look." in short_part and "quick look" not in records_part
     assert (figures / "curves_short_mpe_simple_spread.png").exists()
     assert (figures / "curves_records_mpe_simple_spread.png").exists()
+
+
+def test_report_takes_the_data_score_from_any_record_of_the_same_file(tmp_path):
+    import report
+
+    root = tmp_path / "records"
+    with_score = fake_record("omsd", "mpe/simple_spread", "mixed", 1, 80.0, 82.0)
+    with_score["dataset"]["normalized_score"] = 72.6
+    osd_common.write_record(root / "omsd__mpe_simple_spread__mixed__1.json", with_score)
+    osd_common.write_record(root / "short" / "omsd__mpe_simple_spread__mixed__1.json",  # same sha256, no score
+                            fake_record("omsd", "mpe/simple_spread", "mixed", 1, 50.0, 55.0))
+    other_file = fake_record("omsd", "mpe/simple_spread", "random", 1, 20.0, 25.0)
+    other_file["dataset"]["sha256"] = "another file"
+    osd_common.write_record(root / "short" / "omsd__mpe_simple_spread__random__1.json", other_file)
+    out = tmp_path / "results.md"
+    report.build_report([root, root / "short"], out, None, "python benchmarks/report.py")
+    short_part = out.read_text().split("## Budget `short`")[1]
+    assert "| spread (CN) | mixed | 50.0 (n=1) | 72.6 |" in short_part
+    assert "| spread (CN) | random | 20.0 (n=1) | — |" in short_part  # no record knows that file's score
 
 
 def test_report_names_an_unreadable_manifest_and_labels_by_folder(tmp_path, capsys):

@@ -51,9 +51,12 @@ def load_run(checkpoint_path: str):
         raise SystemExit(f"regularizer_pull: {path} has no behavior model (score_net): pass an osd_mpe.py "
                          "checkpoint, not a baseline's")
     args, meta = osd_mpe.Args(**checkpoint["args"]), checkpoint["meta"]
-    data_path = (osd_common.resolve_dataset_path(args.dataset) if args.dataset
-                 else osd_common.dataset_path(meta["task"], meta["tier"]))
-    data = osd_common.load_dataset(data_path)
+    try:
+        data_path = (osd_common.resolve_dataset_path(args.dataset) if args.dataset
+                     else osd_common.dataset_path(meta["task"], meta["tier"]))
+        data = osd_common.load_dataset(data_path)
+    except (osd_common.DatasetError, osd_common.TaskError) as error:
+        raise SystemExit(f"regularizer_pull: the dataset of {path}: {error}") from None
     if data.meta.get("sha256") != meta.get("sha256"):
         raise SystemExit(f"regularizer_pull: {data_path} is not the dataset {path} was trained on (sha256 "
                          f"{data.meta.get('sha256', '?')[:12]} against {meta.get('sha256', '?')[:12]}); "

@@ -422,8 +422,10 @@ def q_loss(q_net: TwinQ, v_net: ValueNet, state, joint_actions, reward, next_sta
 
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    for target_param, param in zip(target.parameters(), source.parameters()):
-        target_param.mul_(1.0 - tau).add_(param, alpha=tau)
+    """target <- (1 - tau) target + tau source, every parameter in one multi-tensor op (fewer GPU launches)."""
+    target_params, source_params = list(target.parameters()), list(source.parameters())
+    torch._foreach_mul_(target_params, 1.0 - tau)
+    torch._foreach_add_(target_params, source_params, alpha=tau)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -495,12 +497,14 @@ def actor_loss(actors: nn.ModuleList, score_net: BehaviorScoreNet, q_target: Twi
 
 
 def check_finite(losses: dict[str, float], step: int, phase: str) -> None:
-    """Stop the run with a clear message if any loss is NaN or infinite."""
+    """Stop the run with a clear message if any loss is NaN or infinite (checked when losses are logged:
+    a NaN spreads to the weights, so the logged loss stays NaN from then on)."""
     for name, value in losses.items():
         if not math.isfinite(value):
             raise SystemExit(
-                f"osd_mpe: loss '{name}' is {value} at {phase} step {step}. Training stopped. Check the "
-                "dataset for huge or non-finite values, or lower the learning rates."
+                f"osd_mpe: loss '{name}' is {value} at {phase} step {step}. Training stopped "
+                "(losses are checked when logged, every --log-every steps). Check the dataset for huge or "
+                "non-finite values, or lower the learning rates."
             )
 
 
@@ -666,14 +670,26 @@ if __name__ == "__main__":
     def to_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, dtype=torch.float32, device=device)
 
+    # the whole dataset moves to the training device once: a batch is then a gather there, not a
+    # host-to-device copy per step (on CPU these tensors share the numpy arrays' memory)
+    observations, states, next_states = to_tensor(observations), to_tensor(states), to_tensor(next_states)
+    actions, rewards, terminals = to_tensor(actions), to_tensor(rewards), to_tensor(terminals)
+
+    def sample_indices(batch_size: int) -> torch.Tensor:
+        return torch.as_tensor(batch_rng.integers(0, n_transitions, size=batch_size), device=device)
+
     def behavior_condition(state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """Per-agent condition [B, N, C]: the global state for every agent, or each agent's own obs."""
         if args.behavior_condition == "state":
             return state[:, None, :].expand(-1, n_agents, -1)
         return obs
 
+    fixed_prefix_mask = prefix_masks(n_agents, args.decomposition).to(device)
+
     def batch_prefix_mask() -> torch.Tensor:
-        order = batch_rng.permutation(n_agents).tolist() if args.random_order else None
+        if not args.random_order:
+            return fixed_prefix_mask
+        order = batch_rng.permutation(n_agents).tolist()
         return prefix_masks(n_agents, args.decomposition, order).to(device)
 
     nets = build_networks(n_agents, obs_dims, act_dims, state_dim, args, device)
@@ -685,10 +701,12 @@ if __name__ == "__main__":
     print(f"osd_mpe: {run_name}; dataset {data.path} ({n_transitions} transitions); device {device}")
 
     # ---- phase 1: behavior model and critics train together (docs/algorithm.md §6)
-    behavior_optimizer = torch.optim.AdamW(score_net.parameters(), lr=args.behavior_lr)
+    # on CUDA one fused kernel updates all of a network's parameters; on CPU torch's default loop
+    fused = {"fused": True} if device.type == "cuda" else {}
+    behavior_optimizer = torch.optim.AdamW(score_net.parameters(), lr=args.behavior_lr, **fused)
     behavior_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(behavior_optimizer, max(args.pretrain_steps, 1), eta_min=1e-5)
-    q_optimizer = torch.optim.Adam(q_net.parameters(), lr=args.critic_lr)
-    v_optimizer = torch.optim.Adam(v_net.parameters(), lr=args.critic_lr)
+    q_optimizer = torch.optim.Adam(q_net.parameters(), lr=args.critic_lr, **fused)
+    v_optimizer = torch.optim.Adam(v_net.parameters(), lr=args.critic_lr, **fused)
     phase1_steps = max(args.pretrain_steps, args.critic_steps)
     if args.pretrained is not None:
         pretrained = torch.load(args.pretrained, map_location=device, weights_only=False)
@@ -710,32 +728,33 @@ if __name__ == "__main__":
     for step in progress:
         losses = {}
         if step < args.pretrain_steps:
-            idx = batch_rng.integers(0, n_transitions, size=args.behavior_batch_size)
-            obs_b, state_b = to_tensor(observations[idx]), to_tensor(states[idx])
-            loss = behavior_loss(score_net, to_tensor(actions[idx]), behavior_condition(state_b, obs_b),
+            idx = sample_indices(args.behavior_batch_size)
+            obs_b, state_b = observations[idx], states[idx]
+            loss = behavior_loss(score_net, actions[idx], behavior_condition(state_b, obs_b),
                                  batch_prefix_mask(), act_mask)
             behavior_optimizer.zero_grad()
             loss.backward()
             behavior_optimizer.step()
             behavior_schedule.step()
-            losses["behavior"] = loss.item()
+            losses["behavior"] = loss.detach()  # a tensor: reading it (.item()) would wait for the GPU
         if step < args.critic_steps:
             if step >= args.pretrain_steps or args.critic_batch_size != args.behavior_batch_size:
-                idx = batch_rng.integers(0, n_transitions, size=args.critic_batch_size)
-            state_b, action_b = to_tensor(states[idx]), to_tensor(actions[idx])
+                idx = sample_indices(args.critic_batch_size)
+            state_b, action_b = states[idx], actions[idx]
             loss_v = value_loss(v_net, q_target, state_b, action_b, args.expectile)
             v_optimizer.zero_grad()
             loss_v.backward()
             v_optimizer.step()
-            loss_q = q_loss(q_net, v_net, state_b, action_b, to_tensor(rewards[idx]), to_tensor(next_states[idx]),
-                            to_tensor(terminals[idx]), args.gamma)
+            loss_q = q_loss(q_net, v_net, state_b, action_b, rewards[idx], next_states[idx], terminals[idx],
+                            args.gamma)
             q_optimizer.zero_grad()
             loss_q.backward()
             q_optimizer.step()
             polyak_update(q_target, q_net, args.tau)
-            losses["v"], losses["q"] = loss_v.item(), loss_q.item()
-        check_finite(losses, step, "phase-1")
-        if (step + 1) % args.log_every == 0 or step == phase1_steps - 1:
+            losses["v"], losses["q"] = loss_v.detach(), loss_q.detach()
+        if (step + 1) % args.log_every == 0 or step == phase1_steps - 1:  # the only host syncs of the loop
+            losses = {name: value.item() for name, value in losses.items()}
+            check_finite(losses, step, "phase-1")
             sps = int((step + 1) / (time.time() - start_time))
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, step)
@@ -749,7 +768,7 @@ if __name__ == "__main__":
     for net in (score_net, q_target, v_net, q_net):
         net.eval()
         net.requires_grad_(False)
-    actor_optimizers = [torch.optim.Adam(actor.parameters(), lr=args.actor_lr) for actor in actors]
+    actor_optimizers = [torch.optim.Adam(actor.parameters(), lr=args.actor_lr, **fused) for actor in actors]
     actor_schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(args.policy_steps, 1)) for opt in actor_optimizers]
     eval_seed = args.seed + 10_000  # evaluation episodes differ from any seed used in training
     best_score, last_score = -math.inf, float("nan")
@@ -757,8 +776,8 @@ if __name__ == "__main__":
     start_time = time.time()
     progress = tqdm(range(args.policy_steps), desc="phase 2: actors", smoothing=0.05)
     for step in progress:
-        idx = batch_rng.integers(0, n_transitions, size=args.actor_batch_size)
-        obs_b, state_b = to_tensor(observations[idx]), to_tensor(states[idx])
+        idx = sample_indices(args.actor_batch_size)
+        obs_b, state_b = observations[idx], states[idx]
         loss, parts = actor_loss(actors, score_net, q_target, obs_b, state_b, behavior_condition(state_b, obs_b),
                                  batch_prefix_mask(), act_mask, args.beta, args.t_min, args.t_max, args.weighting,
                                  args.normalize_q, args.subtract_noise)
@@ -768,9 +787,9 @@ if __name__ == "__main__":
         for opt, schedule in zip(actor_optimizers, actor_schedules):
             opt.step()
             schedule.step()
-        losses = {"actor": loss.item(), "actor_score": parts["score"].item(), "actor_q": -parts["q_value"].item()}
-        check_finite(losses, step, "phase-2")
-        if (step + 1) % args.log_every == 0 or step == args.policy_steps - 1:
+        if (step + 1) % args.log_every == 0 or step == args.policy_steps - 1:  # the only host syncs of the loop
+            losses = {"actor": loss.item(), "actor_score": parts["score"].item(), "actor_q": -parts["q_value"].item()}
+            check_finite(losses, step, "phase-2")
             sps = int((step + 1) / (time.time() - start_time))
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, step)

@@ -250,8 +250,10 @@ def actor_loss(actors: nn.ModuleList, q_net: TwinQ, observations, state, joint_a
 
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    for target_param, param in zip(target.parameters(), source.parameters()):
-        target_param.mul_(1.0 - tau).add_(param, alpha=tau)
+    """target <- (1 - tau) target + tau source, every parameter in one multi-tensor op (fewer GPU launches)."""
+    target_params, source_params = list(target.parameters()), list(source.parameters())
+    torch._foreach_mul_(target_params, 1.0 - tau)
+    torch._foreach_add_(target_params, source_params, alpha=tau)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,12 +262,14 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 def check_finite(losses: dict[str, float], step: int) -> None:
-    """Stop the run with a clear message if any loss is NaN or infinite."""
+    """Stop the run with a clear message if any loss is NaN or infinite (checked when losses are logged:
+    a NaN spreads to the weights, so the logged loss stays NaN from then on)."""
     for name, value in losses.items():
         if not math.isfinite(value):
             raise SystemExit(
-                f"matd3_bc: loss '{name}' is {value} at step {step}. Training stopped. Check the dataset for "
-                "huge or non-finite values (rewards of large scale make Q diverge), or lower the learning rates."
+                f"matd3_bc: loss '{name}' is {value} at step {step}. Training stopped "
+                "(losses are checked when logged, every --log-every steps). Check the dataset for huge or "
+                "non-finite values (rewards of large scale make Q diverge), or lower the learning rates."
             )
 
 
@@ -421,12 +425,19 @@ if __name__ == "__main__":
     def to_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, dtype=torch.float32, device=device)
 
+    # the whole dataset moves to the training device once: a batch is then a gather there, not a
+    # host-to-device copy per step (on CPU these tensors share the numpy arrays' memory)
+    observations, next_observations = to_tensor(observations), to_tensor(next_observations)
+    states, next_states = to_tensor(states), to_tensor(next_states)
+    actions, rewards, terminals = to_tensor(actions), to_tensor(rewards), to_tensor(terminals)
+
     nets = build_networks(n_agents, obs_dims, act_dims, state_dim, args, device)
     q_net, q_target, actors, actor_targets = (nets[k] for k in ("q_net", "q_target", "actors", "actor_targets"))
     for net in (q_target, actor_targets):
         net.requires_grad_(False)
-    q_optimizer = torch.optim.Adam(q_net.parameters(), lr=args.critic_lr)
-    actor_optimizer = torch.optim.Adam(actors.parameters(), lr=args.actor_lr)  # per parameter: one per actor
+    fused = {"fused": True} if device.type == "cuda" else {}  # on CUDA one kernel updates all parameters
+    q_optimizer = torch.optim.Adam(q_net.parameters(), lr=args.critic_lr, **fused)
+    actor_optimizer = torch.optim.Adam(actors.parameters(), lr=args.actor_lr, **fused)  # per parameter: one per actor
 
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
@@ -437,19 +448,19 @@ if __name__ == "__main__":
     eval_seed = args.seed + 10_000  # evaluation episodes differ from any seed used in training
     eval_history: list[tuple[int, dict]] = []
     eval_time = 0.0
-    losses: dict[str, float] = {}
+    losses: dict[str, torch.Tensor] = {}  # detached tensors, read (.item()) only when logged
     start_time = time.time()
     progress = tqdm(range(args.total_steps), desc="matd3_bc", smoothing=0.05)
     for step in progress:
-        idx = batch_rng.integers(0, n_transitions, size=args.batch_size)
-        obs_b, state_b, action_b = to_tensor(observations[idx]), to_tensor(states[idx]), to_tensor(actions[idx])
-        loss_q = critic_loss(q_net, q_target, actor_targets, state_b, action_b, to_tensor(rewards[idx]),
-                             to_tensor(next_states[idx]), to_tensor(next_observations[idx]), to_tensor(terminals[idx]),
-                             act_mask, args.gamma, args.policy_noise, args.noise_clip)
+        idx = torch.as_tensor(batch_rng.integers(0, n_transitions, size=args.batch_size), device=device)
+        obs_b, state_b, action_b = observations[idx], states[idx], actions[idx]
+        loss_q = critic_loss(q_net, q_target, actor_targets, state_b, action_b, rewards[idx], next_states[idx],
+                             next_observations[idx], terminals[idx], act_mask, args.gamma, args.policy_noise,
+                             args.noise_clip)
         q_optimizer.zero_grad()
         loss_q.backward()
         q_optimizer.step()
-        losses["q"] = loss_q.item()
+        losses["q"] = loss_q.detach()
 
         if (step + 1) % args.policy_freq == 0:  # TD3's delayed actor and target updates
             loss_pi, parts = actor_loss(actors, q_net, obs_b, state_b, action_b, act_mask, args.alpha, args.others)
@@ -458,19 +469,20 @@ if __name__ == "__main__":
             actor_optimizer.step()
             polyak_update(q_target, q_net, args.tau)
             polyak_update(actor_targets, actors, args.tau)
-            losses.update(actor=loss_pi.item(), actor_bc=parts["bc"].item(), actor_q=parts["q"].item())
-            q_value, lmbda = parts["q_value"].item(), parts["lambda"].item()
-        check_finite(losses, step)
+            losses.update(actor=loss_pi.detach(), actor_bc=parts["bc"], actor_q=parts["q"])
+            q_value, lmbda = parts["q_value"], parts["lambda"]
 
-        if (step + 1) % args.log_every == 0 or step == args.total_steps - 1:
+        if (step + 1) % args.log_every == 0 or step == args.total_steps - 1:  # the loop's only host syncs
+            logged = {name: value.item() for name, value in losses.items()}
+            check_finite(logged, step)
             sps = int((step + 1) / (time.time() - start_time))
-            for name, value in losses.items():
+            for name, value in logged.items():
                 writer.add_scalar(f"losses/{name}", value, step)
-            if "actor" in losses:
-                writer.add_scalar("charts/q_value", q_value, step)
-                writer.add_scalar("charts/lambda", lmbda, step)
+            if "actor" in logged:
+                writer.add_scalar("charts/q_value", q_value.item(), step)
+                writer.add_scalar("charts/lambda", lmbda.item(), step)
             writer.add_scalar("charts/SPS", sps, step)
-            progress.set_postfix({**{k: f"{v:.3g}" for k, v in losses.items()}, "SPS": sps})
+            progress.set_postfix({**{k: f"{v:.3g}" for k, v in logged.items()}, "SPS": sps})
         if (step + 1) % args.eval_every == 0 or step == args.total_steps - 1:
             eval_start = time.time()
             # the last evaluation is the recorded final score: more episodes, so that evaluation noise

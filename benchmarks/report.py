@@ -158,6 +158,20 @@ def format_throughput(report: dict) -> str:
     for r in report["actor_latency"]:
         lines.append(f"| {r['task']} | {r['device']} | {r['threads']} | {r['n_agents']} | "
                      f"{r['median_ms']:.3f} ms ({r['p90_ms']:.3f} ms) |")
+    if report.get("loop"):
+        lines += ["", "Whole training-loop steps (`--loop`), steps/s, each row adding one change to the row above "
+                  "(in parentheses: x the `before` row):", "",
+                  "| task | device | threads | batch | loop | phase-1 step | phase-2 step |", "|---|---|---|---|---|---|---|"]
+        loop_rows, before = {}, {}
+        for r in report["loop"]:
+            key = (r["task"], r["device"], r["threads"], r["batch_size"])
+            loop_rows.setdefault((*key, r["variant"]), {})[r["phase"]] = r["steps_per_s"]
+            if r["variant"] == "before":
+                before[(*key, r["phase"])] = r["steps_per_s"]
+        for (*key, variant), rates in loop_rows.items():
+            cells = [f"{rates[p]:.0f} (x{rates[p] / before[(*key, p)]:.2f})" if p in rates and (*key, p) in before
+                     else (f"{rates[p]:.0f}" if p in rates else "—") for p in ("phase-1 step", "phase-2 step")]
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -457,3 +457,41 @@ def test_throughput_measures_every_phase(tmp_path):
     assert all(r["updates_per_s"] > 0 and r["batch_size"] == 8 for r in report["updates"])
     assert report["actor_latency"][0]["median_ms"] > 0 and report["actor_latency"][0]["n_agents"] == 3
     assert "| mpe/simple_spread | cpu | 1 | 8 |" in throughput.format_throughput(report)
+
+
+def test_throughput_loop_variants_compute_the_same_updates(tmp_path):
+    """The GPU-path changes of the training loop (resident data, no per-step sync, multi-tensor Polyak,
+    fused Adam) change how the work reaches the device, not the numbers: every variant trains the
+    networks to the same weights, and --loop records every variant."""
+    import throughput
+    import torch
+
+    device = torch.device("cpu")
+    weights = {}
+    for label, changes in throughput.loop_variants(device):
+        steps, nets = throughput.make_loop_steps("mpe/simple_spread", 16, device, changes, n_transitions=200)
+        torch.manual_seed(5)  # the diffusion times and noises of the steps
+        for _ in range(3):
+            steps["phase-1 step"]()
+        for _ in range(2):
+            steps["phase-2 step"]()
+        weights[label] = torch.cat([p.detach().flatten() for name in ("score_net", "q_net", "q_target", "actors")
+                                    for p in nets[name].parameters()])
+    before = weights.pop("before")
+    assert len(weights) == len(throughput.LOOP_CHANGES)
+    for label, w in weights.items():
+        assert torch.allclose(w, before, rtol=1e-5, atol=1e-6), label
+    _, untrained = throughput.make_loop_steps("mpe/simple_spread", 16, device, (), n_transitions=200)
+    initial = torch.cat([p.detach().flatten() for name in ("score_net", "q_net", "q_target", "actors")
+                         for p in untrained[name].parameters()])
+    assert not torch.allclose(before, initial)  # the steps did train: the comparison above is not vacuous
+    with pytest.raises(ValueError, match="unknown loop changes"):
+        throughput.make_loop_steps("mpe/simple_spread", 16, device, ("warp drive",))
+
+    out = tmp_path / "throughput.json"
+    assert throughput.main(["--seconds", "0.01", "--batch-sizes", "8", "--latency-calls", "5", "--devices", "cpu",
+                            "--loop", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {r["variant"] for r in report["loop"]} == {label for label, _ in throughput.loop_variants(device)}
+    assert all(r["steps_per_s"] > 0 for r in report["loop"])
+    assert "| mpe/simple_spread | cpu | 1 | 8 | + fused Adam |" in throughput.format_throughput(report)

@@ -164,7 +164,7 @@ def make_loop_steps(task: str, batch_size: int, device: torch.device, changes: t
         idx = rng.integers(0, n_transitions, size=batch_size)
         if resident:
             idx = torch.as_tensor(idx, device=device)
-            return {key: value[idx] for key, value in data.items()}
+            return {key: value.index_select(0, idx) for key, value in data.items()}
         return {key: torch.as_tensor(value[idx], device=device) for key, value in data.items()}
 
     fused = {"fused": True} if "fused Adam" in changes else {}

@@ -60,17 +60,23 @@ def task_shapes(task: str) -> tuple[int, list[int], list[int], int]:
     return shapes
 
 
-def make_phase_steps(task: str, batch_size: int, device: torch.device, seed: int = 0) -> dict:
-    """One closure per phase that runs one full update (forward, backward, optimizer step)."""
+def build_for_task(task: str, device: torch.device, seed: int):
+    """osd_mpe.py's networks at their default sizes for a task's shapes, seeded, and its action mask."""
     n_agents, obs_dims, act_dims, state_dim = task_shapes(task)
     args = osd_mpe.resolve_budgets(osd_mpe.Args())
     torch.manual_seed(seed)
     nets = osd_mpe.build_networks(n_agents, obs_dims, act_dims, state_dim, args, device)
-    score_net, q_net, q_target, v_net, actors = (nets[k] for k in ("score_net", "q_net", "q_target", "v_net", "actors"))
-    max_obs, max_act = max(obs_dims), max(act_dims)
-    act_mask = torch.zeros(n_agents, max_act, device=device)
+    act_mask = torch.zeros(n_agents, max(act_dims), device=device)
     for i, dim in enumerate(act_dims):
         act_mask[i, :dim] = 1.0
+    return n_agents, obs_dims, act_dims, state_dim, args, nets, act_mask
+
+
+def make_phase_steps(task: str, batch_size: int, device: torch.device, seed: int = 0) -> dict:
+    """One closure per phase that runs one full update (forward, backward, optimizer step)."""
+    n_agents, obs_dims, act_dims, state_dim, args, nets, act_mask = build_for_task(task, device, seed)
+    score_net, q_net, q_target, v_net, actors = (nets[k] for k in ("score_net", "q_net", "q_target", "v_net", "actors"))
+    max_obs, max_act = max(obs_dims), max(act_dims)
     obs = torch.randn(batch_size, n_agents, max_obs, device=device)
     state, next_state = torch.randn(batch_size, state_dim, device=device), torch.randn(batch_size, state_dim, device=device)
     actions = (torch.rand(batch_size, n_agents, max_act, device=device) * 2 - 1) * act_mask
@@ -140,15 +146,9 @@ def make_loop_steps(task: str, batch_size: int, device: torch.device, changes: t
     unknown = set(changes) - set(LOOP_CHANGES)
     if unknown:
         raise ValueError(f"unknown loop changes {sorted(unknown)}; valid: {LOOP_CHANGES}")
-    n_agents, obs_dims, act_dims, state_dim = task_shapes(task)
-    args = osd_mpe.resolve_budgets(osd_mpe.Args())
-    torch.manual_seed(seed)
-    nets = osd_mpe.build_networks(n_agents, obs_dims, act_dims, state_dim, args, device)
+    n_agents, obs_dims, act_dims, state_dim, args, nets, act_mask = build_for_task(task, device, seed)
     score_net, q_net, q_target, v_net, actors = (nets[k] for k in ("score_net", "q_net", "q_target", "v_net", "actors"))
     max_obs, max_act = max(obs_dims), max(act_dims)
-    act_mask = torch.zeros(n_agents, max_act, device=device)
-    for i, dim in enumerate(act_dims):
-        act_mask[i, :dim] = 1.0
     rng = np.random.default_rng(seed)
     data = {"obs": rng.standard_normal((n_transitions, n_agents, max_obs), dtype=np.float32),
             "state": rng.standard_normal((n_transitions, state_dim), dtype=np.float32),

@@ -72,60 +72,75 @@ def build_for_task(task: str, device: torch.device, seed: int):
     return n_agents, obs_dims, act_dims, state_dim, args, nets, act_mask
 
 
-def make_phase_steps(task: str, batch_size: int, device: torch.device, seed: int = 0) -> dict:
-    """One closure per phase that runs one full update (forward, backward, optimizer step)."""
-    n_agents, obs_dims, act_dims, state_dim, args, nets, act_mask = build_for_task(task, device, seed)
+def make_updates(nets: dict, args, act_mask: torch.Tensor, device: torch.device, fused: bool = False,
+                 polyak=osd_mpe.polyak_update) -> dict:
+    """osd_mpe.py's three updates, each a function of a batch dict (obs, state, next_state, action, reward,
+    terminal) that runs forward, backward and the optimizer step and returns its losses as tensors."""
     score_net, q_net, q_target, v_net, actors = (nets[k] for k in ("score_net", "q_net", "q_target", "v_net", "actors"))
-    max_obs, max_act = max(obs_dims), max(act_dims)
-    obs = torch.randn(batch_size, n_agents, max_obs, device=device)
-    state, next_state = torch.randn(batch_size, state_dim, device=device), torch.randn(batch_size, state_dim, device=device)
-    actions = (torch.rand(batch_size, n_agents, max_act, device=device) * 2 - 1) * act_mask
-    reward, terminal = torch.randn(batch_size, device=device), torch.zeros(batch_size, device=device)
-    condition = (state[:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else obs)
+    n_agents = len(actors)
     prefix_mask = osd_mpe.prefix_masks(n_agents, args.decomposition).to(device)
+    kwargs = {"fused": True} if fused else {}
+    behavior_optimizer = torch.optim.AdamW(score_net.parameters(), lr=args.behavior_lr, **kwargs)
+    q_optimizer = torch.optim.Adam(q_net.parameters(), lr=args.critic_lr, **kwargs)
+    v_optimizer = torch.optim.Adam(v_net.parameters(), lr=args.critic_lr, **kwargs)
+    actor_optimizers = [torch.optim.Adam(actor.parameters(), lr=args.actor_lr, **kwargs) for actor in actors]
 
-    behavior_optimizer = torch.optim.AdamW(score_net.parameters(), lr=args.behavior_lr)
-    q_optimizer = torch.optim.Adam(q_net.parameters(), lr=args.critic_lr)
-    v_optimizer = torch.optim.Adam(v_net.parameters(), lr=args.critic_lr)
-    actor_optimizers = [torch.optim.Adam(actor.parameters(), lr=args.actor_lr) for actor in actors]
+    def condition(b):
+        return b["state"][:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else b["obs"]
 
-    def behavior():
-        loss = osd_mpe.behavior_loss(score_net, actions, condition, prefix_mask, act_mask)
+    def behavior(b):
+        loss = osd_mpe.behavior_loss(score_net, b["action"], condition(b), prefix_mask, act_mask)
         behavior_optimizer.zero_grad()
         loss.backward()
         behavior_optimizer.step()
+        return [loss]
 
-    def critic():
-        loss_v = osd_mpe.value_loss(v_net, q_target, state, actions, args.expectile)
+    def critic(b):
+        loss_v = osd_mpe.value_loss(v_net, q_target, b["state"], b["action"], args.expectile)
         v_optimizer.zero_grad()
         loss_v.backward()
         v_optimizer.step()
-        loss_q = osd_mpe.q_loss(q_net, v_net, state, actions, reward, next_state, terminal, args.gamma)
+        loss_q = osd_mpe.q_loss(q_net, v_net, b["state"], b["action"], b["reward"], b["next_state"], b["terminal"],
+                                args.gamma)
         q_optimizer.zero_grad()
         loss_q.backward()
         q_optimizer.step()
-        osd_mpe.polyak_update(q_target, q_net, args.tau)
+        polyak(q_target, q_net, args.tau)
+        return [loss_v, loss_q]
 
     frozen = False
 
-    def actor():
+    def actor(b):
         nonlocal frozen
         if not frozen:  # phase 2 trains the actors against a frozen behavior model and target Q
             for net in (score_net, q_target, v_net, q_net):
                 net.eval()
                 net.requires_grad_(False)
             frozen = True
-        loss, _ = osd_mpe.actor_loss(actors, score_net, q_target, obs, state, condition, prefix_mask, act_mask,
-                                     osd_mpe.DEFAULT_BETA, args.t_min, args.t_max, args.weighting,
-                                     args.normalize_q)
+        loss, parts = osd_mpe.actor_loss(actors, score_net, q_target, b["obs"], b["state"], condition(b), prefix_mask,
+                                         act_mask, osd_mpe.DEFAULT_BETA, args.t_min, args.t_max, args.weighting,
+                                         args.normalize_q)
         for optimizer in actor_optimizers:
             optimizer.zero_grad()
         loss.backward()
         for optimizer in actor_optimizers:
             optimizer.step()
+        return [loss, parts["score"], parts["q_value"]]
 
-    steps = {"behavior": behavior, "critic": critic, "actor": actor}
-    return {name: steps[name] for name in PHASES}  # the actor phase freezes the others: it runs last
+    return {"behavior": behavior, "critic": critic, "actor": actor}  # the actor update freezes the others: last
+
+
+def make_phase_steps(task: str, batch_size: int, device: torch.device, seed: int = 0) -> dict:
+    """One closure per phase that runs one full update (forward, backward, optimizer step) on a fixed batch."""
+    n_agents, obs_dims, act_dims, state_dim, args, nets, act_mask = build_for_task(task, device, seed)
+    max_obs, max_act = max(obs_dims), max(act_dims)
+    batch = {"obs": torch.randn(batch_size, n_agents, max_obs, device=device),
+             "state": torch.randn(batch_size, state_dim, device=device),
+             "next_state": torch.randn(batch_size, state_dim, device=device),
+             "action": (torch.rand(batch_size, n_agents, max_act, device=device) * 2 - 1) * act_mask,
+             "reward": torch.randn(batch_size, device=device), "terminal": torch.zeros(batch_size, device=device)}
+    updates = make_updates(nets, args, act_mask, device)
+    return {name: (lambda update=updates[name]: update(batch)) for name in PHASES}  # PHASES ends with actor
 
 
 @torch.no_grad()
@@ -147,7 +162,6 @@ def make_loop_steps(task: str, batch_size: int, device: torch.device, changes: t
     if unknown:
         raise ValueError(f"unknown loop changes {sorted(unknown)}; valid: {LOOP_CHANGES}")
     n_agents, obs_dims, act_dims, state_dim, args, nets, act_mask = build_for_task(task, device, seed)
-    score_net, q_net, q_target, v_net, actors = (nets[k] for k in ("score_net", "q_net", "q_target", "v_net", "actors"))
     max_obs, max_act = max(obs_dims), max(act_dims)
     rng = np.random.default_rng(seed)
     data = {"obs": rng.standard_normal((n_transitions, n_agents, max_obs), dtype=np.float32),
@@ -167,57 +181,21 @@ def make_loop_steps(task: str, batch_size: int, device: torch.device, changes: t
             return {key: value.index_select(0, idx) for key, value in data.items()}
         return {key: torch.as_tensor(value[idx], device=device) for key, value in data.items()}
 
-    fused = {"fused": True} if "fused Adam" in changes else {}
     polyak = osd_mpe.polyak_update if "multi-tensor Polyak" in changes else per_parameter_polyak
+    updates = make_updates(nets, args, act_mask, device, fused="fused Adam" in changes, polyak=polyak)
     read_every_step = "no per-step sync" not in changes
-    prefix_mask = osd_mpe.prefix_masks(n_agents, args.decomposition).to(device)
-    behavior_optimizer = torch.optim.AdamW(score_net.parameters(), lr=args.behavior_lr, **fused)
-    q_optimizer = torch.optim.Adam(q_net.parameters(), lr=args.critic_lr, **fused)
-    v_optimizer = torch.optim.Adam(v_net.parameters(), lr=args.critic_lr, **fused)
-    actor_optimizers = [torch.optim.Adam(actor.parameters(), lr=args.actor_lr, **fused) for actor in actors]
 
-    def condition(b):
-        return b["state"][:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else b["obs"]
+    def read(losses):  # the loop before the change read every loss back every step
+        if read_every_step:
+            for loss in losses:
+                loss.item()
 
     def phase1():
         b = sample()
-        loss = osd_mpe.behavior_loss(score_net, b["action"], condition(b), prefix_mask, act_mask)
-        behavior_optimizer.zero_grad()
-        loss.backward()
-        behavior_optimizer.step()
-        loss_v = osd_mpe.value_loss(v_net, q_target, b["state"], b["action"], args.expectile)
-        v_optimizer.zero_grad()
-        loss_v.backward()
-        v_optimizer.step()
-        loss_q = osd_mpe.q_loss(q_net, v_net, b["state"], b["action"], b["reward"], b["next_state"], b["terminal"],
-                                args.gamma)
-        q_optimizer.zero_grad()
-        loss_q.backward()
-        q_optimizer.step()
-        polyak(q_target, q_net, args.tau)
-        if read_every_step:
-            loss.item(), loss_v.item(), loss_q.item()
-
-    frozen = False
+        read(updates["behavior"](b) + updates["critic"](b))
 
     def phase2():
-        nonlocal frozen
-        if not frozen:
-            for net in (score_net, q_target, v_net, q_net):
-                net.eval()
-                net.requires_grad_(False)
-            frozen = True
-        b = sample()
-        loss, parts = osd_mpe.actor_loss(actors, score_net, q_target, b["obs"], b["state"], condition(b), prefix_mask,
-                                         act_mask, osd_mpe.DEFAULT_BETA, args.t_min, args.t_max, args.weighting,
-                                         args.normalize_q)
-        for optimizer in actor_optimizers:
-            optimizer.zero_grad()
-        loss.backward()
-        for optimizer in actor_optimizers:
-            optimizer.step()
-        if read_every_step:
-            loss.item(), parts["score"].item(), parts["q_value"].item()
+        read(updates["actor"](sample()))
 
     steps = {"phase-1 step": phase1, "phase-2 step": phase2}  # phase 2 freezes phase 1's nets: it runs last
     return steps, nets

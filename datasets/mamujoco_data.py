@@ -190,7 +190,9 @@ def replay_arrays(episodes: int | None, policy_dir: pathlib.Path, replay_file: p
     """The medium-replay tier: the learner's buffer, in order, up to the medium checkpoint's step."""
     if not replay_file.exists():
         raise SystemExit(f"{replay_file}: missing. medium-replay is the TD3 learner's replay buffer, which the "
-                         "training run caches there: rerun python datasets/train_mamujoco_td3.py (about 70 min)")
+                         "training run caches there. Its first 100k steps remake it: "
+                         "python datasets/train_mamujoco_td3.py --total-timesteps 100000 --policy-dir /tmp/td3_rerun "
+                         "(about 13 min)")
     medium = medium_checkpoint(policy_dir)
     with np.load(replay_file) as data:
         buf = {k: data[k] for k in data.files}

@@ -1,7 +1,15 @@
 """Train the behavior policy of `mamujoco/HalfCheetah-2x3` online with TD3, for the offline datasets.
 
     python datasets/train_mamujoco_td3.py                       # the reference run (datasets/MAMUJOCO.md)
-    python datasets/train_mamujoco_td3.py --total-timesteps 5000 --learning-starts 1000   # a smoke test
+    python datasets/train_mamujoco_td3.py --total-timesteps 5000 --learning-starts 1000 --policy-dir /tmp/td3_smoke \
+        --replay-out /tmp/td3_smoke/replay.npz                      # a smoke test
+    python datasets/train_mamujoco_td3.py --total-timesteps 100000 --policy-dir /tmp/td3_rerun   # remake only
+                                                                # the medium-replay cache (about 13 min)
+
+The run is deterministic on CPU: its first 100k steps are those of the reference run (the 100k checkpoint
+of a 100k-step rerun is bit-identical to the committed one), so a 100k-step run remakes the replay cache
+that the `medium-replay` tier needs. The script stops rather than overwrite an existing run's
+`training_log.json` or replay cache unless given `--overwrite`.
 
 Why TD3 on the JOINT action, not MATD3 (one actor per agent): a behavior policy only has to produce good,
 diverse data; it need not be decentralized. HalfCheetah split into 2 agents is one body whose two legs
@@ -13,7 +21,7 @@ and action, which is all the offline learners use.
 
 What it writes:
 * `--policy-dir` (default `datasets/policies/halfcheetah-2x3/`, committed): the actor's `state_dict`
-  every `--checkpoint-every` env steps (`actor_step{N:07d}.pt`, about 0.3 MB each), and
+  every `--eval-every` env steps (`actor_step{N:07d}.pt`, about 0.3 MB each), and
   `training_log.json` (env step -> deterministic evaluation return, the run's settings and wall time).
 * `--replay-out` (default `datasets/cache/mamujoco/HalfCheetah-2x3/td3_replay.npz`, git-ignored): every
   transition the learner collected, in order (exploration noise included): per-agent observations,
@@ -91,6 +99,9 @@ class Args:
     """where the ordered replay transitions go (empty string: do not save them)"""
     progress: bool = True
     """show a tqdm progress bar"""
+    overwrite: bool = False
+    """replace an existing run: its training_log.json and checkpoints in --policy-dir and the --replay-out
+    file (without it the script stops rather than overwrite them)"""
 
 
 class Actor(nn.Module):
@@ -157,6 +168,12 @@ def main(args: Args) -> None:
     if args.torch_deterministic:
         torch.use_deterministic_algorithms(True)
     policy_dir = pathlib.Path(args.policy_dir)
+    outputs = [policy_dir / "training_log.json"] + ([pathlib.Path(args.replay_out)] if args.replay_out else [])
+    existing = [path for path in outputs if path.exists()]
+    if existing and not args.overwrite:
+        raise SystemExit(f"{', '.join(map(str, existing))}: already there, and this run would overwrite it. Give "
+                         "--policy-dir (and --replay-out) somewhere else, e.g. --policy-dir /tmp/td3_rerun to remake "
+                         "only the medium-replay cache, or pass --overwrite to replace them.")
     policy_dir.mkdir(parents=True, exist_ok=True)
 
     env = osd_common.make_env(args.task)

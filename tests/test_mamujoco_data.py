@@ -1,5 +1,6 @@
 """HalfCheetah-2x3: the wrapper, the TD3 behavior-policy script, and datasets/mamujoco_data.py (fast)."""
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -66,6 +67,15 @@ def test_td3_script_smoke(tmp_path):
     with np.load(tmp_path / "replay.npz") as replay:
         assert replay["observations"].shape == (300, 22) and replay["actions"].shape == (300, 6)
         assert replay["timeouts"].sum() == 0 and np.abs(replay["actions"]).max() <= 1.0
+
+    # a second run into the same places stops before touching them, and says how to go on
+    log_before = (tmp_path / "p" / "training_log.json").read_bytes()
+    replay_before = (tmp_path / "replay.npz").read_bytes()
+    with pytest.raises(SystemExit, match="training_log.json.*replay.npz.*--overwrite"):
+        train_mamujoco_td3.main(dataclasses.replace(args, total_timesteps=250, eval_every=250))
+    assert (tmp_path / "p" / "training_log.json").read_bytes() == log_before
+    assert (tmp_path / "replay.npz").read_bytes() == replay_before
+    assert not (tmp_path / "p" / "actor_step0000250.pt").exists()
 
 
 @pytest.mark.skipif(not HAVE_POLICIES, reason="no committed HalfCheetah-2x3 checkpoints yet")

@@ -1,6 +1,6 @@
 """Train the behavior policy of `mamujoco/HalfCheetah-2x3` online with TD3, for the offline datasets.
 
-    python datasets/train_mamujoco_td3.py                       # the reference run (datasets/MAMUJOCO.md)
+    python datasets/train_mamujoco_td3.py --overwrite           # redo the reference run in place (datasets/MAMUJOCO.md)
     python datasets/train_mamujoco_td3.py --total-timesteps 5000 --learning-starts 1000 --policy-dir /tmp/td3_smoke \
         --replay-out /tmp/td3_smoke/replay.npz                      # a smoke test
     python datasets/train_mamujoco_td3.py --total-timesteps 100000 --policy-dir /tmp/td3_rerun   # remake only

@@ -246,12 +246,10 @@ def plot_curves(cells: dict, algorithms: list[str], figures_dir: pathlib.Path, p
         fig.legend([handles[a] for a in algorithms if a in handles],
                    [ALGORITHM_LABELS.get(a, a) for a in algorithms if a in handles],
                    loc="lower center", ncol=max(len(handles), 1), fontsize=8, frameon=False)
-        # one panel is too narrow for the title on one line
-        title_lines = 1 if cols > 1 else 2
-        fig.suptitle(f"{task}: normalized score during training" + (" " if title_lines == 1 else "\n")
-                     + "(star: final score), mean ± std over seeds", fontsize=10)
-        height = 3.2 * rows + 0.6
-        fig.tight_layout(rect=(0, 0.6 / height, 1, 1))
+        separator = " " if cols > 1 else "\n"  # one panel is too narrow for the title on one line
+        fig.suptitle(f"{task}: normalized score during training{separator}(star: final score), mean ± std over seeds",
+                     fontsize=10)
+        fig.tight_layout(rect=(0, 0.6 / (3.2 * rows + 0.6), 1, 1))
         path = figures_dir / f"curves_{prefix}{task.replace('/', '_')}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -36,8 +36,9 @@ DATASET_FORMAT_VERSION = 1
 MPE_TASKS = ("mpe/simple_spread", "mpe/simple_tag", "mpe/simple_world_comm")
 MAMUJOCO_TASKS = ("mamujoco/HalfCheetah-2x3",)
 TASKS = MPE_TASKS + MAMUJOCO_TASKS
-# MPE tiers: expert, medium, medium-replay, random, mixed; MaMuJoCo: the same without mixed, plus medium-expert
-TIERS = ("expert", "medium", "medium-replay", "random", "mixed", "medium-expert")
+# MPE tiers: expert, medium, medium-replay, random, mixed, and the balanced multimodal balanced and
+# mixed-balanced; MaMuJoCo: expert, medium, medium-replay, random, plus medium-expert
+TIERS = ("expert", "medium", "medium-replay", "random", "mixed", "medium-expert", "balanced", "mixed-balanced")
 MPE_EPISODE_STEPS = 25
 
 

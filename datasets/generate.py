@@ -19,6 +19,11 @@ Tiers (sizes in TIER_EPISODES; what each is for in datasets/README.md):
   random         uniform random actions
   mixed          20% each: expert episodes of conventions 0, 1 and 2, medium, random: several equally
                  good but incompatible joint behaviors pooled with poor data, the case OMSD is for
+                 (convention 0 dominates: it is also the convention of every medium episode)
+  balanced       expert episodes of conventions 0, 1 and 2 in equal thirds and nothing else: several
+                 equally good, incompatible joint behaviors with no majority
+  mixed-balanced 20% each: expert episodes of conventions 0, 1 and 2, medium, random, where the medium
+                 episodes cycle through conventions 0, 1 and 2 too, so no convention dominates
 """
 
 from __future__ import annotations
@@ -44,10 +49,14 @@ EXPERT_NOISE = 0.1
 # Chosen from a sweep of the random-step probability (datasets/README.md) for ~50 normalized score.
 MEDIUM_RANDOM_PROB = {"mpe/simple_spread": 0.65, "mpe/simple_tag": 0.4, "mpe/simple_world_comm": 0.5}
 TIER_EPISODES = {
-    "mpe/simple_spread": {"expert": 4000, "medium": 4000, "medium-replay": 1000, "random": 4000, "mixed": 4000},
-    "mpe/simple_tag": {"expert": 4000, "medium": 4000, "medium-replay": 1000, "random": 4000, "mixed": 4000},
-    "mpe/simple_world_comm": {"expert": 2000, "medium": 2000, "medium-replay": 500, "random": 2000, "mixed": 2000},
+    "mpe/simple_spread": {"expert": 4000, "medium": 4000, "medium-replay": 1000, "random": 4000, "mixed": 4000,
+                          "balanced": 3999, "mixed-balanced": 4005},
+    "mpe/simple_tag": {"expert": 4000, "medium": 4000, "medium-replay": 1000, "random": 4000, "mixed": 4000,
+                       "balanced": 3999, "mixed-balanced": 4005},
+    "mpe/simple_world_comm": {"expert": 2000, "medium": 2000, "medium-replay": 500, "random": 2000, "mixed": 2000,
+                              "balanced": 1998, "mixed-balanced": 1995},
 }
+MPE_TIERS = ("expert", "medium", "medium-replay", "random", "mixed", "balanced", "mixed-balanced")
 MIXED_CONVENTIONS = (0, 1, 2)
 REFERENCE_EPISODES = 200
 # Reset seeds of dataset episodes start here, far from the small seeds evaluation uses (seed + episode).
@@ -77,7 +86,21 @@ def episode_plan(task: str, tier: str, episodes: int) -> list[tuple[str, object]
         share = episodes // len(parts)
         plan = [part for part in parts for _ in range(share)]
         return plan + [parts[0]] * (episodes - len(plan))
-    raise ValueError(f"unknown tier {tier!r}: use one of {', '.join(osd_common.TIERS)}")
+    if tier in ("balanced", "mixed-balanced"):
+        # no convention dominates: conventions interleave episode by episode, in equal numbers; in
+        # mixed-balanced each kind (the three experts, medium, random) is a fifth, as in mixed, and the
+        # medium episodes cycle through the three conventions too
+        per_convention = episodes // 3 if tier == "balanced" else episodes // 5
+        plan = [(f"expert-convention{c}", expert_policy(task, c)) for _ in range(per_convention)
+                for c in MIXED_CONVENTIONS]
+        if tier == "mixed-balanced":
+            plan += [(f"medium-convention{c}", ScriptedTeam(task, c, EXPERT_NOISE, medium))
+                     for _ in range(per_convention // 3) for c in MIXED_CONVENTIONS]
+            plan += [("random", UniformRandomTeam())] * per_convention
+        if len(plan) != episodes:
+            raise ValueError(f"tier {tier}: {episodes} episodes do not split into equal conventions")
+        return plan
+    raise ValueError(f"unknown tier {tier!r}: use one of {', '.join(MPE_TIERS)}")
 
 
 def rollout(env, policy, rng: np.random.Generator, reset_seed: int) -> dict[str, list]:
@@ -121,8 +144,8 @@ def generate(task: str, tier: str, out=None, episodes: int | None = None, seed: 
     if task not in TIER_EPISODES:
         raise SystemExit(f"--task {task}: datasets are generated here for {', '.join(TIER_EPISODES)} only; "
                          "bring your own file for other tasks (see datasets/README.md, 'Your own data')")
-    if tier not in osd_common.TIERS:
-        raise SystemExit(f"--tier {tier}: use one of {', '.join(osd_common.TIERS)}")
+    if tier not in MPE_TIERS:
+        raise SystemExit(f"--tier {tier}: use one of {', '.join(MPE_TIERS)} for the MPE tasks")
     out = pathlib.Path(out) if out is not None else osd_common.dataset_path(task, tier)
     if out.exists() and not force:
         raise SystemExit(f"{out} exists already: pass --force to overwrite it")
@@ -201,7 +224,7 @@ def data_card() -> str:
             "|---|---|---|---|---|---|"]
     shares = []
     for task in TIER_EPISODES:
-        for tier in osd_common.TIERS:
+        for tier in MPE_TIERS:
             path = osd_common.dataset_path(task, tier)
             if not path.exists():
                 rows.append(f"| {task} | {tier} | not generated | | | |")
@@ -210,12 +233,12 @@ def data_card() -> str:
             m = data.meta
             rows.append(f"| {task} | {tier} | {m['transitions']:,} | {m['episodes']:,} | "
                         f"{m['return_mean']:.2f} ± {m['return_std']:.2f} | {m['normalized_score']:.1f} |")
-            if task == "mpe/simple_spread" and tier in ("expert", "mixed"):
+            if task == "mpe/simple_spread" and tier in ("expert", "mixed", "balanced", "mixed-balanced"):
                 measured = spread_assignment_shares(data)
                 shares.append(f"| {task} {tier}, nearest landmark per agent at the last step (measured) | " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in
                                                         sorted(measured.items(), key=lambda kv: -kv[1])) + " |")
-            if tier == "mixed":
-                shares.append(f"| {task} mixed, episodes by behavior | " + ", ".join(
+            if tier in ("mixed", "balanced", "mixed-balanced"):
+                shares.append(f"| {task} {tier}, episodes by behavior | " + ", ".join(
                     f"{k}: {v}" for k, v in m["episode_labels"].items()) + " |")
     refs = json.loads(osd_common.REFERENCE_RETURNS_FILE.read_text())
     ref_rows = ["| task | R_random (mean ± std, stderr) | R_expert (mean ± std, stderr) | episodes |",
@@ -241,7 +264,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mpe/simple_spread",
                         help=f"one of {', '.join(TIER_EPISODES)}, or mamujoco/HalfCheetah-2x3 (see datasets/MAMUJOCO.md)")
-    parser.add_argument("--tier", default="mixed", help=f"one of {', '.join(osd_common.TIERS)}")
+    parser.add_argument("--tier", default="mixed", help=f"one of {', '.join(MPE_TIERS)} (MaMuJoCo: datasets/MAMUJOCO.md)")
     parser.add_argument("--out", default=None, help="output .npz (default: the cache, datasets/cache/<task>/<tier>.npz)")
     parser.add_argument("--episodes", type=int, default=None, help="override the tier's episode count")
     parser.add_argument("--seed", type=int, default=0, help="data seed: same seed, same file")
@@ -256,7 +279,7 @@ def main() -> None:
         write_card()
     elif args.all:
         for task in TIER_EPISODES:
-            for tier in osd_common.TIERS:
+            for tier in MPE_TIERS:
                 if osd_common.dataset_path(task, tier).exists() and not args.force:
                     print(f"{task}/{tier}: cached, skipping (--force regenerates)")
                     continue

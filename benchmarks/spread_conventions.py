@@ -1,25 +1,35 @@
-"""Which convention does each spread agent choose at the start of an episode, and does it keep it?
+"""Which convention does each spread agent choose at the start of an episode, and who makes the choice?
 
 A spread convention assigns each agent a landmark (datasets/behavior_policies.py: convention c sends agent
 i to landmark PERMUTATIONS_3[c][i]). At an episode's first step every agent stands still, so the state
-says nothing about the convention: the team must choose one there, together, and keep it. This script
-measures that choice for an osd_mpe.py checkpoint, at the first step of the dataset's episodes:
+says nothing about the convention: the team must choose one there, together, and keep it. For an
+osd_mpe.py checkpoint of spread, at the first step of the dataset's episodes (or `--step K`), this
+script measures what each piece of OMSD does:
 
-  behavior model  joint actions sampled from the trained diffusion model, agent by agent in the
-                  checkpoint's order (each conditioned on the actions already sampled, or on nothing
-                  with --decomposition independent): does the model itself coordinate?
-  regularizer targets  for each agent, a sample of what eq. (5.2) pulls it toward: the behavior model
-                  for agent i given the actors' current actions of its predecessors
-  actors          the trained decentralized actors at the same states
+  data                 the dataset's own joint actions (a check of the measure: 100% conventions)
+  behavior model       joint actions sampled from the trained diffusion model, agent by agent in the
+                       fixed order (each conditioned on the actions already sampled, or on nothing with
+                       --decomposition independent): does the model itself coordinate?
+  regularizer targets  for each agent, a sample of what eq. (5.2) pulls it toward: the behavior model for
+                       agent i given the actors' current actions of its predecessors
+  actors               the trained decentralized actors
 
-Each agent's *heading* is the landmark whose scripted approach action (the expert's action toward it)
-is nearest to the agent's action; a team's joint heading is a data convention, another permutation, or
-a `clash` (two agents head for one landmark). `weak` counts agents whose action is far (> 0.5, against
-the data's noise of about 0.2) from every approach action: an actor between the conventions. Then it rolls the actors out and reports,
-per episode, whether the joint heading of the first step is the final assignment (`kept`) and how often
-an agent's heading changes while it is still far (> 0.3) from every landmark (`switches`).
+An agent's *heading* is the landmark whose scripted approach action (the expert's action toward it) is
+nearest to the agent's action; a joint heading is one of the data's conventions, another permutation,
+or a `clash` (two agents head for one landmark). `weak` counts actions farther than 0.5 (the data's
+noise is about 0.2) from every approach action: between the conventions. Only states where every
+agent's three approach actions differ clearly are used (the expert saturates its actions, so two
+landmarks in one quadrant give one action).
+
+It also reports the behavior model's *completion* (agent i sampled given the data's own actions of its
+predecessors: a model that learned the conditionals puts agent 2 on the landmark agents 0 and 1 leave
+free), the regularizer's pull on the last agent put on another convention's action, per diffusion time
+t, and rollouts of the actors (and of the behavior model as a policy) on held-out episodes: the share
+with a landmark left bare, the normalized score, and how often a clearly-headed agent far (> 0.3) from
+every landmark changes its heading.
 
     python benchmarks/spread_conventions.py --checkpoint checkpoints/<run>.pt [more.pt ...]
+    python benchmarks/spread_conventions.py --checkpoint checkpoints/<run>.pt --step 3 --no-behavior-rollouts
 """
 
 from __future__ import annotations
@@ -125,9 +135,60 @@ def sample_agent(osd_mpe, score_net, condition, prefix_actions, prefix_mask, act
     return x.clamp(-1, 1).numpy()
 
 
+PULL_TIMES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
+
+
+@torch.no_grad()
+def pull_back(osd_mpe, score_net, args, condition, data_actions, prefix_mask, act_mask, raw_obs, data_heading,
+              data_ambiguous, seed: int, draws: int = 16) -> dict[float, dict[str, float]]:
+    """Does the regularizer pull the last agent back to the convention its predecessors chose, and at
+    which diffusion times t?
+
+    The last agent is put on the approach action toward its landmark in *another* data convention (a
+    mode of its own marginal, but not the one its predecessors' data actions chose: a mis-coordinated
+    team), its predecessors keep the data's actions. At each t, the regularizer's descent direction for
+    it, -E_eps[w(t) eps_hat] (eq. (5.2)), is compared with the way back to the data's own action: the
+    mean cosine (1: straight back; 0: no preference, which is all the independent model can have, as
+    both are modes of its marginal) and the mean length of w(t) eps_hat."""
+    last = condition.shape[1] - 1
+    approach = torch.as_tensor(approach_actions(raw_obs), dtype=torch.float32)  # [B, agents, landmarks, 4]
+    own = data_heading[:, last]
+    landmarks = sorted({PERMUTATIONS_3[c][last] for c in MIXED_CONVENTIONS})
+    other = np.array([next((k for k in landmarks if k != h), h) for h in own])
+    usable = ~data_ambiguous[:, last] & (other != own)
+    rows = np.flatnonzero(usable)
+    right = data_actions[rows, last]
+    wrong = right.clone()
+    wrong[:, 1:5] = approach[rows, last, torch.as_tensor(other[rows])]
+    keep = (wrong - right).norm(dim=-1) > DECISIVE  # the two modes' actions differ clearly
+    rows, right, wrong = rows[keep.numpy()], right[keep], wrong[keep]
+    way_back = (right - wrong) * act_mask[last]
+    # where the data's landmark is the last agent's rarer mode over the conventions (its marginal favors
+    # the wrong one), a marginal regularizer pulls the wrong way: only the conditional can pull back
+    share = {k: sum(PERMUTATIONS_3[c][last] == k for c in MIXED_CONVENTIONS) for k in landmarks}
+    rarer = torch.as_tensor([share[own[r]] < share[other[r]] for r in rows])
+    joint = data_actions[rows].clone()
+    joint[:, last] = wrong
+    generator = torch.Generator().manual_seed(seed)
+    table = {}
+    for t_value in PULL_TIMES:
+        t = torch.full((len(rows), condition.shape[1]), t_value)
+        alpha, sigma = osd_mpe.vp_alpha_sigma(t)
+        push = torch.zeros_like(right)
+        for _ in range(draws):
+            noise = torch.randn(joint.shape, generator=generator) * act_mask
+            noised = alpha[..., None] * joint + sigma[..., None] * noise
+            eps_hat = score_net(noised, t, condition[rows], data_actions[rows], prefix_mask)[:, last] * act_mask[last]
+            push += osd_mpe.score_weight(t[:, last], args.weighting)[:, None] * eps_hat / draws
+        cosine = torch.nn.functional.cosine_similarity(-push, way_back, dim=-1)
+        table[t_value] = {"cosine": cosine.mean().item(), "cosine, data on the rarer mode": cosine[rarer].mean().item(),
+                          "length": push.norm(dim=-1).mean().item(), "states": len(rows), "rarer states": int(rarer.sum())}
+    return table
+
+
 @torch.no_grad()
 def measure(checkpoint_path: str, n_states: int = 500, episodes: int = 100, seed: int = 0,
-            behavior_rollouts: bool = True) -> dict:
+            behavior_rollouts: bool = True, step: int = 0) -> dict:
     osd_mpe, checkpoint, args, nets, data = load_run(checkpoint_path)
     meta = checkpoint["meta"]
     if meta["task"] != "mpe/simple_spread":
@@ -160,9 +221,9 @@ def measure(checkpoint_path: str, n_states: int = 500, episodes: int = 100, seed
         obs = f32((raw_obs - norm["obs_mean"]) / norm["obs_std"] * data.obs_mask)
         return osd_mpe.joint_action(nets["actors"], obs, act_mask.shape[-1]).numpy()
 
-    # first steps of the dataset's episodes where every agent's three approach actions differ clearly
+    # step `step` (0: the first) of the dataset's episodes, where every agent's three approach actions differ clearly
     ends = np.flatnonzero((data.terminals > 0) | (data.timeouts > 0))
-    starts = np.concatenate([[0], ends[:-1] + 1])
+    starts = np.concatenate([[0], ends[:-1] + 1]) + step
     approach = approach_actions(data.observations[starts])
     gaps = np.linalg.norm(approach[..., :, None, :] - approach[..., None, :, :], axis=-1) + np.eye(3) * 1e9
     decisive = starts[gaps.min(axis=(-1, -2, -3)) >= DECISIVE]
@@ -170,6 +231,7 @@ def measure(checkpoint_path: str, n_states: int = 500, episodes: int = 100, seed
     raw_obs = data.observations[rows]
     result = {"decomposition": args.decomposition, "tier": meta["tier"],
               "final_normalized_score": checkpoint.get("final_normalized_score"), "first-step states": len(rows),
+              "step": step,
               "first step": {}, "rollouts": {}}
     actors_now = actor_act(raw_obs)
     sources = {"data": data.actions[rows], "behavior model": behavior_act(raw_obs),
@@ -177,6 +239,21 @@ def measure(checkpoint_path: str, n_states: int = 500, episodes: int = 100, seed
     for source, actions in sources.items():
         heading, _, weak = headings(raw_obs, actions)
         result["first step"][source] = classify(heading, weak)
+    # completion: each agent sampled given the data's own actions of its predecessors; where the data's
+    # heading of that agent is clear, does the sample head for the same landmark? (~100% for a model that
+    # learned the conditionals: given agents 0 and 1, agent 2's landmark is the one left)
+    obs = f32((raw_obs - norm["obs_mean"]) / norm["obs_std"] * data.obs_mask)
+    state = f32((raw_obs.reshape(len(raw_obs), -1) - norm["state_mean"]) / norm["state_std"])
+    condition = state[:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else obs
+    data_heading, data_ambiguous, _ = headings(raw_obs, data.actions[rows])
+    completed = np.stack([sample_agent(osd_mpe, nets["score_net"], condition, f32(data.actions[rows]), prefix_mask,
+                                       act_mask, agent) for agent in range(n_agents)], axis=1)
+    heading, _, weak = headings(raw_obs, completed)
+    result["completion"] = {f"agent {agent}": float(np.mean((heading == data_heading)[~data_ambiguous[:, agent], agent]))
+                            for agent in range(n_agents)}
+    result["completion"]["weak"] = float(weak.mean())
+    result["pull back"] = pull_back(osd_mpe, nets["score_net"], args, condition, f32(data.actions[rows]), prefix_mask,
+                                    act_mask, raw_obs, data_heading, data_ambiguous, seed)
     result["rollouts"]["actors"] = rollouts(actor_act, meta, episodes)
     if behavior_rollouts:
         result["rollouts"]["behavior model"] = rollouts(behavior_act, meta, episodes)
@@ -187,10 +264,20 @@ def format_result(name: str, result: dict) -> str:
     keys = list(result["first step"]["data"])
     lines = [f"{name}: spread {result['tier']}, {result['decomposition']}, final normalized score "
              f"{result['final_normalized_score']:.1f}",
-             f"| first-step joint heading ({result['first-step states']} decisive dataset states) | "
+             f"| joint heading at step {result['step']} ({result['first-step states']} decisive dataset states) | "
              + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for source, shares in result["first step"].items():
         lines.append(f"| {source} | " + " | ".join(f"{100 * shares[k]:.1f}%" for k in keys) + " |")
+    lines += ["", "| behavior model given the data's predecessor actions | " + " | ".join(result["completion"]) + " |",
+              "|---|" + "---|" * len(result["completion"]),
+              "| same landmark as the data / weak samples | " + " | ".join(f"{100 * v:.1f}%" for v in result["completion"].values()) + " |"]
+    pull = result["pull back"]
+    lines += ["", f"| last agent put in another convention ({next(iter(pull.values()))['states']} states): t | "
+              + " | ".join(f"{t:g}" for t in pull) + " |", "|---|" + "---|" * len(pull),
+              "| cosine of the regularizer's push with the way back | " + " | ".join(f"{v['cosine']:+.2f}" for v in pull.values()) + " |",
+              f"| the same where the data's landmark is the rarer mode ({next(iter(pull.values()))['rarer states']} states) | "
+              + " | ".join(f"{v['cosine, data on the rarer mode']:+.2f}" for v in pull.values()) + " |",
+              "| length of w(t) eps_hat | " + " | ".join(f"{v['length']:.2f}" for v in pull.values()) + " |"]
     lines += ["", "| rolled out | episodes with a landmark bare | normalized score | heading switches per agent |",
               "|---|---|---|---|"]
     for source, row in result["rollouts"].items():
@@ -206,12 +293,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=100, help="rollout episodes per checkpoint (seeds 20,000+)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the states and the behavior samples")
     parser.add_argument("--no-behavior-rollouts", action="store_true", help="roll out the actors only (faster)")
+    parser.add_argument("--step", type=int, default=0, help="look at this step of the data's episodes (0: the first)")
     args = parser.parse_args(argv)
     if args.states < 1 or args.episodes < 1:
         parser.error("--states and --episodes must be at least 1")
+    if not 0 <= args.step < 25:
+        parser.error("--step must be in 0..24 (a spread episode has 25 steps)")
     torch.set_num_threads(1)
     for path in args.checkpoint:
-        print(format_result(pathlib.Path(path).name, measure(path, args.states, args.episodes, args.seed, not args.no_behavior_rollouts)) + "\n")
+        print(format_result(pathlib.Path(path).name, measure(path, args.states, args.episodes, args.seed, not args.no_behavior_rollouts, args.step)) + "\n")
 
 
 if __name__ == "__main__":

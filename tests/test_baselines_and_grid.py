@@ -480,7 +480,11 @@ def test_throughput_loop_variants_compute_the_same_updates(tmp_path):
     before = weights.pop("before")
     assert len(weights) == len(throughput.LOOP_CHANGES)
     for label, w in weights.items():
-        assert torch.allclose(w, before, rtol=1e-5, atol=1e-6), label
+        if "fused" in label:  # one fused kernel rounds differently in the last bits: after these 5 steps
+            # the actors differed by up to 2.2e-6 on a 1-thread x86_64 CPU; a wrong update moves entries by ~lr (3e-4)
+            assert torch.allclose(w, before, rtol=1e-5, atol=1e-5), label
+        else:  # the other changes only move where and when the same operations run: bit-identical
+            assert torch.equal(w, before), label
     _, untrained = throughput.make_loop_steps("mpe/simple_spread", 16, device, (), n_transitions=200)
     initial = torch.cat([p.detach().flatten() for name in ("score_net", "q_net", "q_target", "actors")
                          for p in untrained[name].parameters()])

@@ -1,5 +1,6 @@
 """osd_common and datasets/: environments, dataset generation, the loader's errors, reference returns."""
 
+import collections
 import json
 import pathlib
 import sys
@@ -10,6 +11,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "datasets"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import osd_common  # noqa: E402
 import generate  # noqa: E402  (datasets/generate.py)
@@ -229,3 +231,36 @@ def test_scripted_conventions_are_distinct_modes():
     nearest = [np.linalg.norm(f, axis=-1).argmin(-1) for f in finals]
     assert sorted(nearest[0]) == [0, 1, 2] and sorted(nearest[1]) == [0, 1, 2]
     assert not np.array_equal(nearest[0], nearest[1])
+
+
+def test_balanced_tiers_hold_every_convention_in_equal_shares(tmp_path):
+    """`balanced`: the three expert conventions in equal numbers, interleaved, nothing else;
+    `mixed-balanced`: a fifth each of experts 0, 1, 2, medium (cycling the conventions) and random."""
+    plan = [label for label, _ in generate.episode_plan("mpe/simple_spread", "balanced", 9)]
+    assert plan == ["expert-convention0", "expert-convention1", "expert-convention2"] * 3
+    counts = collections.Counter(label for label, _ in generate.episode_plan("mpe/simple_spread", "mixed-balanced", 15))
+    assert counts == {"expert-convention0": 3, "expert-convention1": 3, "expert-convention2": 3, "random": 3,
+                      "medium-convention0": 1, "medium-convention1": 1, "medium-convention2": 1}
+    with pytest.raises(ValueError, match="equal conventions"):
+        generate.episode_plan("mpe/simple_spread", "balanced", 10)
+    data = osd_common.load_dataset(_small_dataset(tmp_path / "balanced.npz", episodes=30, tier="balanced"))
+    shares = generate.spread_assignment_shares(data)
+    for assignment in ("012", "021", "102"):  # PERMUTATIONS_3[0], [1], [2]
+        assert 0.2 <= shares.get(assignment, 0.0) <= 0.47, shares
+
+
+def test_spread_conventions_reads_the_data_s_first_step_choice(tmp_path):
+    """benchmarks/spread_conventions.py classifies the expert data's first-step joint actions as its
+    conventions (no clash), and a team whose agents 1 and 2 copy agent 0 as clashes."""
+    from spread_conventions import classify, headings
+
+    data = osd_common.load_dataset(_small_dataset(tmp_path / "b.npz", episodes=60, tier="balanced"))
+    starts = np.arange(0, len(data), 25)
+    heading, ambiguous, weak = headings(data.observations[starts], data.actions[starts])
+    clear = ~ambiguous.any(-1)
+    shares = classify(heading[clear], weak[clear])
+    assert shares["clash"] == 0.0 and shares["other"] == 0.0 and shares["weak agents"] == 0.0, shares
+    assert min(shares[f"convention{c}"] for c in range(3)) > 0.1, shares
+    copied = data.actions[starts].copy()
+    copied[:, 1:] = copied[:, :1]  # everybody does what agent 0 does
+    assert classify(*headings(data.observations[starts], copied)[::2])["clash"] > 0.5

@@ -532,7 +532,7 @@ RECORD_VERSION = 1
 # key -> type(s) the value must have; make_record fills them all, load_record checks them all
 RECORD_SCHEMA = {
     "record_version": int,
-    "algorithm": str,  # omsd, omsd-independent, bc, matd3-bc
+    "algorithm": str,  # omsd, omsd-independent, omsd-beta0 (OMSD with beta 0), bc, matd3-bc
     "task": str,
     "tier": str,
     "seed": int,
@@ -556,6 +556,13 @@ RECORD_SCHEMA = {
     "run_name": str,
     "checkpoint": (str, type(None)),
     "finished_at": str,  # ISO 8601, UTC
+}
+# Keys only some records hold: checked when present, so records written before them still load.
+OPTIONAL_RECORD_SCHEMA = {
+    # OMSD's actor diagnostics at its last actor step, one number per agent (osd_mpe.py's actor_loss):
+    "score_push_rms": list,  # RMS of the behavior regularizer's push w(t) eps_hat on a_i
+    "q_push_rms": list,  # RMS of the Q term's push beta g on a_i, after --q-normalization
+    "action_at_bounds": list,  # share of the actor's action entries with |a| > 0.99
 }
 
 
@@ -599,9 +606,10 @@ def machine_info(device=None) -> dict:
 
 def make_record(*, algorithm: str, args, meta: dict, dataset_path, seed: int, eval_history: list[tuple[int, dict]],
                 updates: int, train_time_s: float, wall_time_s: float, device, run_name: str,
-                checkpoint: str | None) -> dict:
+                checkpoint: str | None, actor_diagnostics: dict[str, list[float]] | None = None) -> dict:
     """The run record of RECORD_SCHEMA. `eval_history` is [(step, evaluate(...) result), ...] in order;
-    the last entry is the final evaluation. `args` is the script's Args dataclass."""
+    the last entry is the final evaluation. `args` is the script's Args dataclass. `actor_diagnostics`
+    adds keys of OPTIONAL_RECORD_SCHEMA (name -> one value per agent)."""
     import shlex
     import sys
     from datetime import datetime, timezone
@@ -637,13 +645,18 @@ def make_record(*, algorithm: str, args, meta: dict, dataset_path, seed: int, ev
         "checkpoint": checkpoint,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    for key, values in (actor_diagnostics or {}).items():
+        if key not in OPTIONAL_RECORD_SCHEMA:
+            raise RecordError(f"{run_name}: '{key}' is not a record key; optional keys: "
+                              f"{', '.join(OPTIONAL_RECORD_SCHEMA)}")
+        record[key] = [float(value) for value in values]
     check_record(record, run_name)
     return record
 
 
 def check_record(record: dict, where: str = "record") -> dict:
     """Raise RecordError unless `record` has every key of RECORD_SCHEMA with the right type and finite
-    scores."""
+    scores, and each key of OPTIONAL_RECORD_SCHEMA it has is a list of finite numbers."""
     if not isinstance(record, dict):
         raise RecordError(f"{where}: a record is a JSON object, got {type(record).__name__}")
     for key, kind in RECORD_SCHEMA.items():
@@ -658,6 +671,11 @@ def check_record(record: dict, where: str = "record") -> dict:
                 raise RecordError(f"{where}: key '{key}' is {value!r}, not an integer")
         elif not isinstance(value, kind):
             raise RecordError(f"{where}: key '{key}' has type {type(value).__name__}")
+    for key in OPTIONAL_RECORD_SCHEMA:
+        values = record.get(key)
+        if values is not None and (not isinstance(values, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise RecordError(f"{where}: key '{key}' is {values!r}, not a list of finite numbers")
     if record["record_version"] != RECORD_VERSION:
         raise RecordError(f"{where}: record_version {record['record_version']}, this code reads {RECORD_VERSION}")
     if not record["eval_curve"] or not all(isinstance(p, list) and len(p) == 2 for p in record["eval_curve"]):

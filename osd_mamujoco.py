@@ -49,8 +49,8 @@ are osd_mpe.py's, measured there (docs/osd_mpe_notes.md) and not tuned on MaMuJo
 - `--weighting score` (w(t) = alpha_t / sigma_t) instead of the authors' sigma_t^2, t ~ U(0.02, 0.98) as
   theirs (§5, §7): the setting under which sequential decomposition picked one joint mode on the paper's
   bandit and on the coordination game, where sigma_t^2 left the actors between the modes.
-- `--normalize-q` on, beta per tier (osd_mpe.py uses 0.3 and 0.01 on mixed): with the Q gradient divided
-  by its per-agent batch RMS (SRPO's regq), beta does not depend on the reward scale (HalfCheetah's Q is in
+- `--q-normalization batch`, beta per tier (osd_mpe.py uses 0.3 and 0.01 on mixed): with the Q gradient
+  divided by its per-agent batch RMS, beta does not depend on the reward scale (HalfCheetah's Q is in
   the hundreds, MPE's in the tens). 0.05 by default: on a 20-episode expert check (one seed) 0.3 stayed
   near return 100 while 0.05 and 0.1 reached 2,000-5,800. 0.01 on medium, expert and medium-expert: at the
   short budget on HalfCheetah-2x3, 3 seeds, it beat 0.05 for both decompositions there and tied on
@@ -166,11 +166,15 @@ class Args:
     # actors (§5)
     beta: float | None = None
     """weight of the Q-gradient term in (5.2): small beta = strong behavior regularization (with
-    --normalize-q the Q push has unit RMS per action entry). Default per tier, BETA_BY_TIER: 0.01 on medium,
-    expert and medium-expert (measured against 0.05 on HalfCheetah, docs/osd_mamujoco_notes.md), 0.05 on
-    random, medium-replay and your own data; tune it per tier with --pretrained"""
-    normalize_q: bool = True
-    """divide the Q gradient by its batch RMS per agent (SRPO's regq), making beta scale-free"""
+    --q-normalization batch or sample the Q push has unit RMS per action entry). Default per tier,
+    BETA_BY_TIER: 0.01 on medium, expert and medium-expert (measured against 0.05 on HalfCheetah,
+    docs/osd_mamujoco_notes.md), 0.05 on random, medium-replay and your own data; tune it per tier with
+    --pretrained"""
+    q_normalization: Literal["batch", "sample", "none"] = "batch"
+    """how the Q gradient g of (5.2) is scaled before beta multiplies it (§5): batch divides each agent's g
+    by its RMS over the batch and the agent's action dims, making beta scale-free; sample divides each
+    sample's g by its own RMS over the agent's action dims (SRPO's optional regq, as in the authors'
+    code); none keeps the raw gradient"""
     t_min: float = 0.02
     """smallest diffusion time sampled for the actor's score regularizer"""
     t_max: float = 0.98
@@ -455,6 +459,12 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+Q_NORMALIZATIONS = ("batch", "sample", "none")  # how actor_loss scales the Q gradient g (Args.q_normalization)
+ACTION_BOUND = 0.99  # an action entry with |a| above this counts as saturated at the tanh bound (diagnostics)
+# the per-agent diagnostics of actor_loss -> their TensorBoard section (<section>/<name>_agent<i>)
+ACTOR_DIAGNOSTICS = {"score_push_rms": "losses", "q_push_rms": "losses", "action_at_bounds": "charts"}
+
+
 class Actor(nn.Module):
     """a_i = pi_i(o_i): a tanh MLP on the agent's own (normalized) observation."""
 
@@ -476,13 +486,20 @@ def joint_action(actors: nn.ModuleList, observations: torch.Tensor, max_act_dim:
 
 def actor_loss(actors: nn.ModuleList, score_net: BehaviorScoreNet, q_target: TwinQ, observations: torch.Tensor,
                state: torch.Tensor, condition: torch.Tensor, prefix_mask: torch.Tensor, act_mask: torch.Tensor,
-               beta: float, t_min: float, t_max: float, weighting: str, normalize_q: bool,
-               subtract_noise: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               beta: float, t_min: float, t_max: float, weighting: str, q_normalization: str,
+               subtract_noise: bool = False,
+               diagnostics: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over agents of L_i in (5.2), every agent of the batch at once.
 
     Returns the loss (its gradient reaches each actor only through its own a_i) and detached parts
-    for logging: the score term, the Q term and Q(s, a_cur).
+    for logging: the score term, the Q term and Q(s, a_cur). `q_normalization` is one of
+    Q_NORMALIZATIONS (Args.q_normalization). With `diagnostics`, the parts also hold per-agent [N]
+    tensors: score_push_rms and q_push_rms, the RMS over the batch and the agent's real action dims of
+    the two pushes on a_i, w(t) eps_hat and beta g, and action_at_bounds, the share of the actor's
+    action entries with |a| > ACTION_BOUND; they are computed after the loss and draw no random numbers.
     """
+    if q_normalization not in Q_NORMALIZATIONS:
+        raise ValueError(f"unknown q_normalization {q_normalization!r}; valid: {', '.join(Q_NORMALIZATIONS)}")
     live_actions = joint_action(actors, observations, act_mask.shape[-1])  # a_i = pi_i(o_i), with grad
     current_actions = live_actions.detach()  # a_cur: the actors' joint action, detached
     batch, n_agents, _ = live_actions.shape
@@ -502,15 +519,25 @@ def actor_loss(actors: nn.ModuleList, score_net: BehaviorScoreNet, q_target: Twi
     q_input = current_actions.clone().requires_grad_(True)
     q_value = 0.5 * sum(q_target(state, q_input))
     q_grad = torch.autograd.grad(q_value.sum(), q_input)[0] * act_mask
-    if normalize_q:  # SRPO's regq: divide by the per-agent batch RMS, so beta is scale-free (§5)
+    if q_normalization == "batch":  # divide by the per-agent batch RMS, so beta is scale-free (§5)
         mean_square = (q_grad**2).sum(dim=(0, 2)) / (batch * act_mask.sum(-1)).clamp(min=1.0)
         q_grad = q_grad / torch.sqrt(mean_square + 1e-12)[None, :, None]
+    elif q_normalization == "sample":  # SRPO's regq: each sample's g_i by its RMS over agent i's real dims
+        mean_square = (q_grad**2).sum(-1) / act_mask.sum(-1).clamp(min=1.0)  # [B, N]
+        q_grad = q_grad / torch.sqrt(mean_square + 1e-12)[..., None]  # padded dims are 0 and stay 0
 
     # docs/algorithm.md §5, eq. (5.2): L_i = mean_b[ w(t) <eps_hat, a_i> - beta <g, a_i> ]
-    score_term = (score_weight(t, weighting) * (eps_hat * live_actions).sum(-1)).mean(0).sum()
+    weight = score_weight(t, weighting)
+    score_term = (weight * (eps_hat * live_actions).sum(-1)).mean(0).sum()
     q_term = (q_grad * live_actions).sum(-1).mean(0).sum()
     loss = score_term - beta * q_term
-    return loss, {"score": score_term.detach(), "q": q_term.detach(), "q_value": q_value.detach().mean()}
+    parts = {"score": score_term.detach(), "q": q_term.detach(), "q_value": q_value.detach().mean()}
+    if diagnostics:  # docs/algorithm.md §5: the sizes of the two pushes on a_i, and saturation of the tanh
+        entries = batch * act_mask.sum(-1).clamp(min=1.0)  # real action entries per agent [N]
+        parts["score_push_rms"] = torch.sqrt(((weight[..., None] * eps_hat) ** 2).sum(dim=(0, 2)) / entries)
+        parts["q_push_rms"] = torch.sqrt(((beta * q_grad) ** 2).sum(dim=(0, 2)) / entries)
+        parts["action_at_bounds"] = ((current_actions.abs() > ACTION_BOUND) * act_mask).sum(dim=(0, 2)) / entries
+    return loss, parts
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -628,6 +655,22 @@ def evaluate_policy(actors, obs_normalizer, device, task, episodes, seed, meta) 
     return result
 
 
+def checkpoint_args(saved: dict) -> Args:
+    """The Args a checkpoint was trained with. Checkpoints written before --q-normalization replaced the
+    boolean --normalize-q hold normalize_q: True is batch, False is none."""
+    saved = dict(saved)
+    if "normalize_q" in saved:
+        saved["q_normalization"] = "batch" if saved.pop("normalize_q") else "none"
+    return Args(**saved)
+
+
+def record_algorithm(args: Args) -> str:
+    """The run record's algorithm name: omsd, or omsd-independent for the ablation, with -beta0 added
+    when beta is 0 (no Q term: the behavior regularizer alone), so the name always says what ran."""
+    name = "omsd" if args.decomposition == "sequential" else "omsd-independent"
+    return f"{name}-beta0" if args.beta == 0 else name
+
+
 def run_eval_only(args: Args, device: torch.device) -> None:
     """--eval-only: rebuild the actors from a checkpoint and evaluate them, without training."""
     if args.checkpoint is None:
@@ -637,7 +680,7 @@ def run_eval_only(args: Args, device: torch.device) -> None:
     if args.capture_video:
         os.environ.setdefault("MUJOCO_GL", "egl")  # read when mujoco is first imported, below
     checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=False)
-    saved_args = Args(**checkpoint["args"])
+    saved_args = checkpoint_args(checkpoint["args"])
     meta = checkpoint["meta"]
     nets = build_networks(meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"], saved_args, device)
     for name, net in nets.items():
@@ -854,26 +897,33 @@ if __name__ == "__main__":
     eval_seed = args.seed + 10_000  # evaluation episodes differ from any seed used in training
     best_score, last_score = -math.inf, float("nan")
     eval_history, eval_time, phase1_time = [], 0.0, time.time() - start_time
+    actor_diagnostics = {}  # the last logged per-agent diagnostics of actor_loss (ACTOR_DIAGNOSTICS)
     start_time = time.time()
     progress = tqdm(range(args.policy_steps), desc="phase 2: actors", smoothing=0.05)
     for step in progress:
         idx = sample_indices(args.actor_batch_size)
         obs_b, state_b = observations.index_select(0, idx), states.index_select(0, idx)
+        log_now = (step + 1) % args.log_every == 0 or step == args.policy_steps - 1
         loss, parts = actor_loss(actors, score_net, q_target, obs_b, state_b, behavior_condition(state_b, obs_b),
                                  batch_prefix_mask(), act_mask, args.beta, args.t_min, args.t_max, args.weighting,
-                                 args.normalize_q, args.subtract_noise)
+                                 args.q_normalization, args.subtract_noise, diagnostics=log_now)
         for opt in actor_optimizers:
             opt.zero_grad()
         loss.backward()  # each actor's gradient comes from its own L_i only
         for opt, schedule in zip(actor_optimizers, actor_schedules):
             opt.step()
             schedule.step()
-        if (step + 1) % args.log_every == 0 or step == args.policy_steps - 1:  # the only host syncs of the loop
+        if log_now:  # the only host syncs of the loop
             losses = {"actor": loss.item(), "actor_score": parts["score"].item(), "actor_q": -parts["q_value"].item()}
             check_finite(losses, step, "phase-2")
             sps = int((step + 1) / (time.time() - start_time))
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, step)
+            # per agent; the last logged values (those of the last step) go into the run record
+            actor_diagnostics = {name: parts[name].tolist() for name in ACTOR_DIAGNOSTICS}
+            for name, section in ACTOR_DIAGNOSTICS.items():
+                for agent, value in enumerate(actor_diagnostics[name]):
+                    writer.add_scalar(f"{section}/{name}_agent{agent}", value, step)
             writer.add_scalar("charts/actor_SPS", sps, step)
             writer.add_scalar("charts/SPS", sps, phase1_steps + step)
             progress.set_postfix({"score": f"{losses['actor_score']:.3g}", "Q": f"{-losses['actor_q']:.3g}", "SPS": sps})
@@ -913,10 +963,10 @@ if __name__ == "__main__":
         print(f"saved checkpoint {path}")
     if args.record is not None:
         osd_common.write_record(args.record, osd_common.make_record(
-            algorithm="omsd" if args.decomposition == "sequential" else "omsd-independent", args=args, meta=meta,
+            algorithm=record_algorithm(args), args=args, meta=meta,
             dataset_path=data.path, seed=args.seed, eval_history=eval_history,
             updates=phase1_steps + args.policy_steps, train_time_s=train_time,
             wall_time_s=time.time() - wall_start, device=device, run_name=run_name,
-            checkpoint=path if args.save_model else None))
+            checkpoint=path if args.save_model else None, actor_diagnostics=actor_diagnostics))
         print(f"saved run record {args.record}")
     writer.close()

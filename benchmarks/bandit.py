@@ -64,7 +64,7 @@ def train_actors(score_net, decomposition: str, seed: int, weighting: str, t_min
     obs = torch.ones(batch_size, N_AGENTS, OBS_DIM)  # the constant observation, also the state
     for _ in range(steps):
         loss, _ = actor_loss(actors, score_net, q_target, obs, obs[:, 0], obs, prefix_masks(N_AGENTS, decomposition),
-                             torch.ones(N_AGENTS, 1), 0.0, t_min, t_max, weighting, False)
+                             torch.ones(N_AGENTS, 1), 0.0, t_min, t_max, weighting, "none")
         for opt in optimizers:
             opt.zero_grad()
         loss.backward()

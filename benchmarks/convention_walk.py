@@ -142,7 +142,7 @@ def train(cfg: WalkConfig) -> nn.ModuleList:
     for _ in range(cfg.actor_steps):
         states = data["states"][torch.randint(0, n, (cfg.batch_size,), generator=generator)]
         loss, _ = actor_loss(actors, score_net, q_target, observe(states), states, condition(states), prefix_mask(),
-                             act_mask, cfg.beta, cfg.t_min, cfg.t_max, cfg.weighting, True)
+                             act_mask, cfg.beta, cfg.t_min, cfg.t_max, cfg.weighting, "batch")
         for opt in actor_optimizers:
             opt.zero_grad()
         loss.backward()

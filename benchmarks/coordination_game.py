@@ -28,7 +28,8 @@ import torch.nn as nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from osd_mpe import (  # noqa: E402
-    Actor, Args, BehaviorScoreNet, TwinQ, ValueNet, actor_loss, behavior_loss, prefix_masks, q_loss, value_loss)
+    Q_NORMALIZATIONS, Actor, Args, BehaviorScoreNet, TwinQ, ValueNet, actor_loss, behavior_loss, prefix_masks, q_loss,
+    value_loss)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class GameConfig:
     t_max: float = Args.t_max
     weighting: str = Args.weighting
     beta: float = 0.05  # the game's own: a small Q push, so that the regularizer decides the mode
-    normalize_q: bool = True
+    q_normalization: str = Args.q_normalization
     context_dim: int = 4
     context_scale: float = 1.0  # contexts ~ N(0, scale^2 I)
     mode: float = 0.6  # the two joint modes are (+mode, +mode) and (-mode, -mode)
@@ -125,7 +126,7 @@ def train_actors(cfg: GameConfig, models: dict, actor_seed: int) -> nn.ModuleLis
         context = contexts[torch.randint(0, cfg.n_data, (cfg.batch_size,), generator=generator)]
         loss, _ = actor_loss(actors, models["score_net"], models["q_target"], as_condition(context), context,
                              as_condition(context), mask, act_mask, cfg.beta, cfg.t_min, cfg.t_max, cfg.weighting,
-                             cfg.normalize_q)
+                             cfg.q_normalization)
         for opt in actor_optimizers:
             opt.zero_grad()
         loss.backward()
@@ -169,7 +170,7 @@ def main() -> None:
     for name in ("actor_steps", "behavior_steps", "context_dim"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--weighting", default=defaults.weighting, choices=["sigma2", "score", "uniform"])
-    parser.add_argument("--no-normalize-q", action="store_true")
+    parser.add_argument("--q-normalization", default=defaults.q_normalization, choices=Q_NORMALIZATIONS)
     parser.add_argument("--decompositions", nargs="+", default=["sequential", "independent"])
     cli = parser.parse_args()
     torch.set_num_threads(1)
@@ -177,7 +178,7 @@ def main() -> None:
         rows = []
         for seed in cli.seeds:
             cfg = GameConfig(decomposition=decomposition, seed=seed, t_min=cli.t_min, t_max=cli.t_max,
-                             weighting=cli.weighting, beta=cli.beta, normalize_q=not cli.no_normalize_q,
+                             weighting=cli.weighting, beta=cli.beta, q_normalization=cli.q_normalization,
                              actor_steps=cli.actor_steps, behavior_steps=cli.behavior_steps,
                              context_dim=cli.context_dim, context_scale=cli.context_scale)
             start = time.time()

@@ -6,9 +6,11 @@ write records whole, then rename them: a record on disk is always complete). The
 `python benchmarks/report.py` turns the records into docs/results.md.
 
     python benchmarks/grid.py --dry-run                                     # print the command lines
-    python benchmarks/grid.py --workers 2                                   # every algorithm, MPE task, tier, seed
+    python benchmarks/grid.py --workers 2                                   # default algorithms, every MPE task, tier, seed
     python benchmarks/grid.py --budget smoke --algos bc matd3-bc --tiers expert --seeds 1 --workers 2
     python benchmarks/grid.py --budget short --algos omsd omsd-independent --tasks mamujoco/HalfCheetah-2x3 \\
+        --tiers random medium medium-replay expert medium-expert --seeds 1 2 3 --workers 2
+    python benchmarks/grid.py --budget short --algos omsd omsd-beta0 matd3-bc bc --tasks mamujoco/HalfCheetah-2x3 \\
         --tiers random medium medium-replay expert medium-expert --seeds 1 2 3 --workers 2
     python benchmarks/grid.py --submitit --slurm-partition <p> --workers 50 # the same command lines on Slurm
 
@@ -40,7 +42,10 @@ sys.path.insert(0, str(REPO))
 
 import osd_common  # noqa: E402
 
-ALGORITHMS = ("omsd", "omsd-independent", "bc", "matd3-bc")
+ALGORITHMS = ("omsd", "omsd-independent", "omsd-beta0", "bc", "matd3-bc")
+# without --algos: the four the documented grid commands ran before omsd-beta0 existed, so those
+# commands still plan the same runs
+DEFAULT_ALGORITHMS = ("omsd", "omsd-independent", "bc", "matd3-bc")
 SCRIPTS = {  # (algorithm, task family) -> script, relative to the repo root
     ("omsd", "mpe"): "osd_mpe.py",
     ("omsd", "mamujoco"): "osd_mamujoco.py",
@@ -49,9 +54,12 @@ SCRIPTS = {  # (algorithm, task family) -> script, relative to the repo root
     ("matd3-bc", "mpe"): "baselines/matd3_bc.py",
     ("matd3-bc", "mamujoco"): "baselines/matd3_bc.py",
 }
-VARIANTS = {  # algorithm -> (the algorithm whose script and budget it uses, extra flags)
+# algorithm -> (the algorithm whose script and budget it uses, extra flags). The OMSD scripts name their
+# record's algorithm from these flags (record_algorithm), so a variant run by hand lands in the same column.
+VARIANTS = {
     "omsd": ("omsd", []),
     "omsd-independent": ("omsd", ["--decomposition", "independent"]),
+    "omsd-beta0": ("omsd", ["--beta", "0"]),  # no Q term: the behavior regularizer alone, same everything else
     "bc": ("bc", []),
     "matd3-bc": ("matd3-bc", []),
 }
@@ -249,8 +257,8 @@ def write_manifest(records_dir: pathlib.Path, entry: dict) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS,
-                        help="algorithms to run (default: all)")
+    parser.add_argument("--algos", nargs="+", default=list(DEFAULT_ALGORITHMS), choices=ALGORITHMS,
+                        help=f"algorithms to run (default: {' '.join(DEFAULT_ALGORITHMS)}; omsd-beta0 only when named)")
     parser.add_argument("--tasks", nargs="+", default=list(osd_common.MPE_TASKS),
                         help="tasks (default: the MPE tasks; mamujoco/HalfCheetah-2x3 runs its tiers random, medium, "
                              "medium-replay, expert, medium-expert)")

@@ -50,7 +50,7 @@ def load_run(checkpoint_path: str):
     if "score_net" not in checkpoint:
         raise SystemExit(f"regularizer_pull: {path} has no behavior model (score_net): pass an osd_mpe.py "
                          "checkpoint, not a baseline's")
-    args, meta = osd_mpe.Args(**checkpoint["args"]), checkpoint["meta"]
+    args, meta = osd_mpe.checkpoint_args(checkpoint["args"]), checkpoint["meta"]
     try:
         data_path = (osd_common.resolve_dataset_path(args.dataset) if args.dataset
                      else osd_common.dataset_path(meta["task"], meta["tier"]))

@@ -28,8 +28,9 @@ sys.path.insert(0, str(REPO))
 
 import osd_common  # noqa: E402
 
-ALGORITHM_ORDER = ("omsd", "omsd-independent", "matd3-bc", "bc")
-ALGORITHM_LABELS = {"omsd": "OMSD", "omsd-independent": "OMSD-independent", "matd3-bc": "MATD3+BC", "bc": "BC"}
+ALGORITHM_ORDER = ("omsd", "omsd-independent", "omsd-beta0", "matd3-bc", "bc")
+ALGORITHM_LABELS = {"omsd": "OMSD", "omsd-independent": "OMSD-independent", "omsd-beta0": "OMSD (beta 0)",
+                    "matd3-bc": "MATD3+BC", "bc": "BC"}
 TASK_LABELS = {"mpe/simple_spread": "spread (CN)", "mpe/simple_tag": "tag (PP)",
                "mpe/simple_world_comm": "world", "mamujoco/HalfCheetah-2x3": "HalfCheetah 2x3"}
 # OMSD's normalized scores as reported by the paper (arXiv 2505.05968) on OMAR's MPE data; entries

@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 import osd_common  # noqa: E402
 
 TASK = "mpe/simple_spread"
-SCRIPTS = {"omsd": "osd_mpe.py", "omsd-independent": "osd_mpe.py", "bc": "baselines/bc.py",
-           "matd3-bc": "baselines/matd3_bc.py"}
+SCRIPTS = {"omsd": "osd_mpe.py", "omsd-independent": "osd_mpe.py", "omsd-beta0": "osd_mpe.py",
+           "bc": "baselines/bc.py", "matd3-bc": "baselines/matd3_bc.py"}
 EPISODE_SEED = 20_000
 
 
@@ -57,7 +57,10 @@ def load_act_fn(algorithm: str, checkpoint_path: str):
     """The decentralized policy of a checkpoint, rebuilt by the script that wrote it."""
     script = load_script(SCRIPTS[algorithm])
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    meta, saved_args = checkpoint["meta"], script.Args(**checkpoint["args"])
+    meta = checkpoint["meta"]
+    # the OMSD scripts map the Args of older checkpoints (checkpoint_args); the baselines' load as saved
+    saved_args = (script.checkpoint_args(checkpoint["args"]) if hasattr(script, "checkpoint_args")
+                  else script.Args(**checkpoint["args"]))
     sizes = [meta["n_agents"], meta["obs_dims"], meta["act_dims"]]
     if "state_dim" in inspect.signature(script.build_networks).parameters:  # BC's actors need no state size
         sizes.append(meta["state_dim"])

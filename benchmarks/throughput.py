@@ -119,7 +119,7 @@ def make_updates(nets: dict, args, act_mask: torch.Tensor, device: torch.device,
             frozen = True
         loss, parts = osd_mpe.actor_loss(actors, score_net, q_target, b["obs"], b["state"], condition(b), prefix_mask,
                                          act_mask, osd_mpe.DEFAULT_BETA, args.t_min, args.t_max, args.weighting,
-                                         args.normalize_q)
+                                         args.q_normalization)
         for optimizer in actor_optimizers:
             optimizer.zero_grad()
         loss.backward()

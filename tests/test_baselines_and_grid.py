@@ -208,15 +208,26 @@ def test_record_checks_refuse_incomplete_records(tmp_path):
         osd_common.load_record(path)
 
 
+def test_record_optional_actor_diagnostics_are_checked_when_present():
+    """OMSD records carry per-agent actor diagnostics; records written before them (fake_record) still load."""
+    record = fake_record("omsd")
+    assert not set(osd_common.OPTIONAL_RECORD_SCHEMA) & set(record)
+    with_diagnostics = {**record, "score_push_rms": [1.5, 2.0], "q_push_rms": [0.3, 0.3], "action_at_bounds": [0, 0.25]}
+    assert osd_common.check_record(with_diagnostics) is with_diagnostics
+    for broken in ([1.0, float("nan")], "0.3", [True]):
+        with pytest.raises(osd_common.RecordError, match="'q_push_rms' .* not a list of finite numbers"):
+            osd_common.check_record({**record, "q_push_rms": broken})
+
+
 def test_grid_dry_run_lists_the_commands_and_skips_finished_runs(tmp_path, capsys):
     import grid
 
-    argv = ["--algos", "omsd", "omsd-independent", "bc", "matd3-bc", "--tasks", "mpe/simple_spread",
+    argv = ["--algos", "omsd", "omsd-independent", "omsd-beta0", "bc", "matd3-bc", "--tasks", "mpe/simple_spread",
             "mamujoco/HalfCheetah-2x3", "--tiers", "expert", "random", "--seeds", "1", "2", "--budget", "smoke",
             "--records-dir", str(tmp_path), "--dry-run"]
     assert grid.main(argv) == 0
     commands = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("python ")]
-    assert len(commands) == 4 * 2 * 2 * 2
+    assert len(commands) == 5 * 2 * 2 * 2
     for command in commands:
         flags = dict(zip(command[2::2], command[3::2]))
         record = pathlib.Path(flags["--record"])
@@ -229,6 +240,7 @@ def test_grid_dry_run_lists_the_commands_and_skips_finished_runs(tmp_path, capsy
         else:
             assert command[1] == BASELINES[algorithm], command
         assert (flags.get("--decomposition") == "independent") == (algorithm == "omsd-independent")
+        assert (flags.get("--beta") == "0") == (algorithm == "omsd-beta0")
         budget = grid.BUDGETS["smoke"][grid.VARIANTS[algorithm][0]]
         assert all(flags[f"--{k}"] == str(v) for k, v in budget.items())
         assert flags["--torch-threads"] == "1"
@@ -243,7 +255,7 @@ def test_grid_dry_run_lists_the_commands_and_skips_finished_runs(tmp_path, capsy
     out = capsys.readouterr().out
     assert "1 have a record" in out and f"--record {done}" not in out
     assert f"--record {partial}" in out and f"--record {other}" in out
-    assert len([line for line in out.splitlines() if line.startswith("python ")]) == 4 * 2 * 2 * 2 - 1
+    assert len([line for line in out.splitlines() if line.startswith("python ")]) == 5 * 2 * 2 * 2 - 1
 
 
 def test_grid_pool_runs_commands_and_reports_failures(tmp_path):
@@ -343,6 +355,9 @@ def test_report_table_mean_std_and_figures(tmp_path):
     random_record = fake_record("omsd", "mpe/simple_spread", "random", 1, 70.0, 75.0)
     random_record["dataset"]["sha256"] = "abc-random"  # another file than the expert runs'
     osd_common.write_record(records / "omsd__mpe_simple_spread__random__1.json", random_record)
+    beta0_record = fake_record("omsd-beta0", "mpe/simple_spread", "random", 1, 60.0, 65.0)
+    beta0_record["dataset"]["sha256"] = "abc-random"
+    osd_common.write_record(records / "omsd-beta0__mpe_simple_spread__random__1.json", beta0_record)
     (records / "matd3-bc__mpe_simple_spread__expert__1.json").write_text("{")  # broken: left out
     out, figures = tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures"
     assert report.main(["--records", str(records), "--out", str(out), "--figures-dir", str(figures),
@@ -350,16 +365,16 @@ def test_report_table_mean_std_and_figures(tmp_path):
     text = out.read_text()
     table = text.split("## Final normalized score")[1].split("## Best")[0]
     header = next(line for line in table.splitlines() if line.startswith("| task"))
-    assert header.split(" | ")[2:4] == ["OMSD", "BC"] and "comparable in shape only" in header
+    assert header.split(" | ")[2:5] == ["OMSD", "OMSD (beta 0)", "BC"] and "comparable in shape only" in header
     expert_row = next(line for line in table.splitlines() if "| expert |" in line)
-    assert header.split(" | ")[4] == "the data's own episodes"
+    assert header.split(" | ")[5] == "the data's own episodes"
     assert "15.0 ± 7.1 (n=2) | 100.2 | 102.3 |" in expert_row  # BC, the data's own score, the paper's number
     random_row = next(line for line in table.splitlines() if "| random |" in line)
     # a record without the data's score, whose dataset file no record and no cached file knows: unknown
-    assert "70.0 (n=1) | — | — | 69.8 |" in random_row
+    assert "70.0 (n=1) | 60.0 (n=1) | — | — | 69.8 |" in random_row
     best = text.split("## Best")[1].split("##")[0]
     assert "35.0 ± 7.1 (n=2)" in best
-    assert "MATD3+BC" not in header and "(3 runs)" in text  # the broken record is not counted
+    assert "MATD3+BC" not in header and "(4 runs)" in text  # the broken record is not counted
     assert "python baselines/bc.py --seed" in text and "2 CPUs" in text
     assert (figures / "curves_mpe_simple_spread.png").stat().st_size > 1000
 

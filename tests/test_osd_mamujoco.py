@@ -21,6 +21,7 @@ import torch
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "datasets"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import osd_common  # noqa: E402
 from osd_mamujoco import ValueNet, q_loss  # noqa: E402
@@ -30,7 +31,10 @@ torch.set_num_threads(1)
 TASK = "mamujoco/HalfCheetah-2x3"
 REFS = (-300.0, 5000.0)  # fixed references for the tiny file (the real ones are measured by the generator)
 SCALAR_TAGS = {"losses/behavior", "losses/q", "losses/v", "losses/actor_q", "losses/actor_score",
-               "charts/episodic_return", "charts/normalized_score", "charts/SPS"}
+               "charts/episodic_return", "charts/normalized_score", "charts/SPS",
+               # the actor diagnostics, per agent (HalfCheetah 2x3 has 2)
+               *(f"{tag}_agent{i}" for i in range(2)
+                 for tag in ("losses/score_push_rms", "losses/q_push_rms", "charts/action_at_bounds"))}
 TINY_FLAGS = ("--pretrain-steps", "20", "--critic-steps", "20", "--policy-steps", "20", "--eval-every", "10",
               "--eval-episodes", "1", "--final-eval-episodes", "2", "--log-every", "5", "--behavior-batch-size", "32", "--critic-batch-size", "32",
               "--actor-batch-size", "32", "--score-width", "64", "--hidden-dim", "64")
@@ -101,6 +105,10 @@ def test_training_writes_tensorboard_scalars_checkpoint_and_record(trained_run):
     assert record["checkpoint"] is not None and pathlib.Path(trained_run / record["checkpoint"]).exists()
     final_return = logged["charts/episodic_return"][-1][1]
     assert record["final_return_mean"] == pytest.approx(final_return, rel=1e-5)
+    # the actor diagnostics of the last actor step, per agent, as logged
+    for name, section in (("score_push_rms", "losses"), ("q_push_rms", "losses"), ("action_at_bounds", "charts")):
+        assert record[name] == pytest.approx([logged[f"{section}/{name}_agent{i}"][-1][1] for i in range(2)])
+    assert record["q_push_rms"] == pytest.approx([0.05, 0.05], rel=1e-4)  # beta x a unit-RMS (batch-normalized) g
 
 
 def test_same_seed_gives_identical_losses_and_weights(trained_run):
@@ -147,6 +155,18 @@ print(len(frames), frames[0].shape)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[0] == "3"  # t = 0, 500, 1000
     assert (tmp_path / "episode.gif").stat().st_size > 0
+
+
+def test_critic_check_reads_a_mamujoco_checkpoint(trained_run, monkeypatch):
+    """benchmarks/critic_check.py rebuilds the networks with the script that wrote the checkpoint."""
+    import critic_check
+
+    monkeypatch.chdir(trained_run)  # the runs name their dataset relative to it
+    (path,) = (trained_run / "checkpoints").glob("mamujoco_HalfCheetah-2x3__first__3__*.pt")
+    result = critic_check.check(str(path), n_states=20)
+    assert result["task"] == TASK and result["episodes"] == 2 and result["states"] == 20
+    assert all(np.isfinite(result[key]) for key in ("mean_q_data", "mean_q_actor", "mean_v", "actor_minus_data"))
+    assert "| (c) mean V(s) - Q(s, a_data) |" in critic_check.format_table(result)
 
 
 def test_independent_variant_records_its_algorithm(workdir):

@@ -161,7 +161,10 @@ def test_prefix_masks():
 # 3. The script end to end
 # ---------------------------------------------------------------------------------------------------
 SCALAR_TAGS = {"losses/behavior", "losses/q", "losses/v", "losses/actor_q", "losses/actor_score",
-               "charts/episodic_return", "charts/normalized_score", "charts/SPS"}
+               "charts/episodic_return", "charts/normalized_score", "charts/SPS",
+               # the actor diagnostics, per agent (spread has 3)
+               *(f"{tag}_agent{i}" for i in range(3)
+                 for tag in ("losses/score_push_rms", "losses/q_push_rms", "charts/action_at_bounds"))}
 
 
 def random_rollout_dataset(path: pathlib.Path, episodes: int = 4, reward_scale: float = 1.0) -> pathlib.Path:
@@ -271,6 +274,32 @@ def test_eval_only_reloads_checkpoint_without_training(trained_run):
     assert "phase 1" not in result.stdout + result.stderr  # no training happened
 
 
+def test_checkpoints_from_before_q_normalization_still_evaluate(trained_run, tmp_path, capsys):
+    """Checkpoints written when the flag was the boolean --normalize-q hold `normalize_q`, not
+    `q_normalization`: --eval-only maps it (True: batch, False: none) instead of failing on the key."""
+    import osd_mpe
+
+    checkpoint = torch.load(next((trained_run / "checkpoints").glob("*__first__3__*.pt")), weights_only=False)
+    old_args = {key: value for key, value in checkpoint["args"].items() if key != "q_normalization"}
+    assert osd_mpe.checkpoint_args({**old_args, "normalize_q": True}).q_normalization == "batch"
+    assert osd_mpe.checkpoint_args({**old_args, "normalize_q": False}).q_normalization == "none"
+    torch.save({**checkpoint, "args": {**old_args, "normalize_q": True}}, tmp_path / "old.pt")
+    osd_mpe.run_eval_only(osd_mpe.Args(eval_only=True, checkpoint=str(tmp_path / "old.pt"), final_eval_episodes=1),
+                          torch.device("cpu"))
+    assert "over 1 episodes" in capsys.readouterr().out
+
+
+def test_record_algorithm_names_the_variant_that_ran():
+    """The grid's omsd-beta0 passes --beta 0; the script names the record from the flags, so a hand-run
+    --beta 0 lands in the same report column and a grid run whose flags were overridden is noticed."""
+    from osd_mpe import Args, record_algorithm
+
+    assert record_algorithm(Args(beta=0.3)) == "omsd"
+    assert record_algorithm(Args(beta=0.0)) == "omsd-beta0"
+    assert record_algorithm(Args(beta=0.01, decomposition="independent")) == "omsd-independent"
+    assert record_algorithm(Args(beta=0.0, decomposition="independent")) == "omsd-independent-beta0"
+
+
 def test_pretrained_skips_phase_one_and_refuses_other_settings(trained_run):
     checkpoint = str(next((trained_run / "checkpoints").glob("*__first__3__*.pt")))
     result = run_script(trained_run, "--dataset", "tiny.npz", "--exp-name", "reuse", "--pretrained", checkpoint,
@@ -286,7 +315,7 @@ def test_variants_run_random_order_obs_condition_independent(workdir):
     """The ablation flags take the same path through the script and log finite losses."""
     result = run_script(workdir, "--dataset", "tiny.npz", "--exp-name", "variant", "--random-order",
                         "--behavior-condition", "obs", "--decomposition", "independent", "--weighting", "sigma2",
-                        "--no-normalize-q", "--no-save-model", *TINY_FLAGS)
+                        "--q-normalization", "sample", "--no-save-model", *TINY_FLAGS)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (workdir / "runs").glob("mpe_simple_spread__variant__*")
     logged = scalars(run_dir)
@@ -335,3 +364,41 @@ def test_regularizer_pull_hears_the_predecessor_only_when_sequential(trained_run
     assert "| leader=data |" in regularizer_pull.format_result("run", seq)
     with pytest.raises(SystemExit, match="--checkpoint .*missing.pt does not exist"):
         regularizer_pull.measure(str(trained_run / "missing.pt"))
+
+
+def test_critic_check_ranks_returns_and_compares_actor_and_data_actions(trained_run, monkeypatch):
+    """benchmarks/critic_check.py on a real checkpoint and its dataset (4 episodes of random actions)."""
+    import critic_check
+
+    # the pieces, on numbers worked by hand
+    assert critic_check.spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
+    assert critic_check.spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(np.sqrt(0.75))  # ties share a rank
+    assert np.isnan(critic_check.spearman([1, 1, 1], [1, 2, 3]))
+    rewards, terminals, timeouts = (np.array(x, dtype=np.float32) for x in
+                                    ([1, 1, 1, 2, 2], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]))
+    assert critic_check.episode_starts(terminals, timeouts).tolist() == [0, 3]
+    assert critic_check.discounted_returns(rewards, terminals, timeouts, 0.5).tolist() == [1.75, 3.0]
+
+    monkeypatch.chdir(trained_run)  # the runs name their dataset relative to it
+    (path,) = (trained_run / "checkpoints").glob("mpe_simple_spread__first__3__*.pt")
+    result = critic_check.check(str(path), n_states=50)
+    assert result["episodes"] == 4 and result["states"] == 50 and result["decomposition"] == "sequential"
+    assert -1.0 <= result["spearman_q0_return"] <= 1.0
+    # (b) and (c) against the networks themselves, on the first sampled state
+    script, checkpoint, args, nets, data = critic_check.load_run(str(path))
+    row = np.sort(np.random.default_rng(0).choice(len(data.rewards), size=50, replace=False))
+    norm = checkpoint["normalizers"]
+    state = torch.as_tensor((data.states[row] - norm["state_mean"]) / norm["state_std"], dtype=torch.float32)
+    with torch.no_grad():
+        q_data = 0.5 * sum(nets["q_target"](state, torch.as_tensor(data.actions[row])))
+        v = nets["v_net"](state)
+    assert result["mean_q_data"] == pytest.approx(q_data.mean().item(), rel=1e-5)
+    assert result["v_minus_q_data"] == pytest.approx((v - q_data).mean().item(), rel=1e-4, abs=1e-6)
+    assert script.__name__.endswith("osd_mpe") and isinstance(args, script.Args)
+    table = critic_check.format_table(result)
+    assert "| (a) Spearman rho of Q(s_0, a_0) with the discounted return, over 4 episodes" in table
+    assert "| (b) mean Q(s, pi(o)) - Q(s, a_data), over 50 dataset states |" in table
+    with pytest.raises(SystemExit, match="--checkpoint .*missing.pt does not exist"):
+        critic_check.check(str(trained_run / "missing.pt"))
+    with pytest.raises(SystemExit, match="is not the dataset .* was trained on"):
+        critic_check.check(str(path), dataset=str(random_rollout_dataset(trained_run / "other.npz", episodes=2)))

@@ -251,7 +251,7 @@ def env_of(task: str, agent_obsk: int):
     if not osd_common.can_evaluate(task):
         return None
     try:
-        return osd_common.make_env(task, agent_obsk=agent_obsk)
+        return osd_common.make_env(task, agent_obsk=agent_obsk or 0)
     except osd_common.TaskError as err:
         raise DatasetError(f"--task: {err}") from None
     except Exception as err:  # gymnasium_robotics raises plain exceptions for unknown scenarios or splits
@@ -305,7 +305,7 @@ def env_sizes(task, agent_obsk, n_agents, obs_width, act_width, state_dim, where
         raise DatasetError(f"{where}: {fields['observations']} holds {n_agents} agents but {task} has {env.n_agents}")
     checks = (("observations", obs_width, max(env.obs_dims), f"per-agent sizes {env.obs_dims}"),
               ("actions", act_width, max(env.act_dims), f"per-agent sizes {env.act_dims}"),
-              ("states", state_dim, env.state_dim, "a global state of that size"))
+              ("states", state_dim, env.state_dim, f"a global state of {env.state_dim}"))
     for field, got, want, what in checks:
         if got != want:
             raise DatasetError(f"{where}: {fields[field]} has width {got} but {task}{obsk} has {what}; the shapes "

@@ -141,6 +141,25 @@ def test_vault_batch_rows_are_streams_of_their_own(steps, tmp_path):
     assert np.flatnonzero(arrays["timeouts"]).tolist() == [18, 44, 63, 89]
 
 
+def test_ogmarl_vault_of_mpe2_maps_the_env_action_box(tmp_path):
+    """A Vault of mpe2 spread holds the env's actions, in its [0, 1] box: they come back in [-1, 1]."""
+    import generate  # datasets/generate.py
+
+    ours = osd_common.load_dataset(str(generate.generate("mpe/simple_spread", "expert", out=tmp_path / "s.npz",
+                                                         episodes=2, progress=False)))
+    team = np.repeat(ours.rewards[:, None], 3, axis=1)
+    steps = {"observations": ours.observations, "actions": (ours.actions + 1) / 2, "rewards": team,
+             "terminals": np.zeros_like(team), "truncations": np.repeat(ours.timeouts[:, None], 3, axis=1),
+             "state": ours.states}
+    convert.write_vault(tmp_path / "spread.vlt", "expert", vault_leaves(steps), {})
+    arrays, meta = convert.vault_to_arrays(tmp_path / "spread.vlt", "expert", "mpe/simple_spread")
+    kept = np.array([t for t in range(50) if t not in (24, 49)])
+    np.testing.assert_allclose(arrays["actions"], ours.actions[kept], atol=1e-6)
+    np.testing.assert_array_equal(arrays["observations"], ours.observations[kept])
+    assert "agent_obsk" not in meta and meta["references"] == "ours" and meta["dropped_steps"] == 2
+    assert np.flatnonzero(arrays["timeouts"]).tolist() == [23, 47]
+
+
 def synthetic_dataset(path: pathlib.Path) -> pathlib.Path:
     """An osd dataset with agents of different sizes (padding, masks) and both episode ends."""
     rng = np.random.default_rng(1)

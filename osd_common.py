@@ -3,9 +3,11 @@
 Everything the algorithm scripts (`osd_mpe.py`, `osd_mamujoco.py`) and the baselines need that is not
 the algorithm itself lives here, so that each script can stay a single readable file:
 
-* `make_env(task)`: one multi-agent interface over `mpe2` (PettingZoo) and
+* `make_env(task, agent_obsk=...)`: one multi-agent interface over `mpe2` (PettingZoo) and
   `gymnasium_robotics.mamujoco_v1`: controlled agents only, actions in [-1, 1], one team reward, a global
-  state. Fixed opponents (the prey of predator-prey, the good agents of world) are hidden inside.
+  state. Fixed opponents (the prey of predator-prey, the good agents of world) are hidden inside. A
+  dataset says which env it comes from: its task and, on MaMuJoCo, its `agent_obsk`
+  (`dataset_agent_obsk(meta)`); training scripts build and evaluate exactly that env.
 * `save_dataset` / `load_dataset`: one `.npz` file per dataset, holding the transitions and a JSON
   metadata record. Loading validates every field and raises one `DatasetError` that names the file,
   the field and what to do.
@@ -40,6 +42,13 @@ TASKS = MPE_TASKS + MAMUJOCO_TASKS
 # mixed-balanced; MaMuJoCo: expert, medium, medium-replay, random, plus medium-expert
 TIERS = ("expert", "medium", "medium-replay", "random", "mixed", "medium-expert", "balanced", "mixed-balanced")
 MPE_EPISODE_STEPS = 25
+# OMAR's MPE data (datasets/convert.py omar) comes from OMAR's own modified particle world, with its own
+# rewards and action scaling: not mpe2's. Its tasks are named omar-mpe/<scenario>: they train, but no env
+# here can evaluate them, and none is evaluated in their place.
+OMAR_MPE_PREFIX = "omar-mpe/"
+# (ref_random, ref_expert) of a dataset whose task has no reference returns here (metadata
+# `references: "unknown"`): the "normalized score" 100 * (R - 0) / (100 - 0) is then the return itself.
+REFERENCES_UNKNOWN = (0.0, 100.0)
 
 
 class DatasetError(ValueError):
@@ -59,10 +68,17 @@ def check_task(task: str) -> str:
         return task
     if task.startswith("mamujoco/") and "-" in task.split("/", 1)[1]:
         return task  # any gymnasium_robotics agent split, e.g. mamujoco/Ant-2x4, for users' own data
+    if task.startswith(OMAR_MPE_PREFIX) and task[len(OMAR_MPE_PREFIX):].isidentifier():
+        return task  # OMAR's particle world: trains, never evaluated (see OMAR_MPE_PREFIX)
     raise TaskError(
-        f"unknown task {task!r}: use one of {', '.join(TASKS)}, or 'mamujoco/<Scenario>-<agent_conf>' "
-        "(e.g. mamujoco/Ant-2x4) for another MaMuJoCo split"
+        f"unknown task {task!r}: use one of {', '.join(TASKS)}, 'mamujoco/<Scenario>-<agent_conf>' "
+        "(e.g. mamujoco/Ant-2x4) for another MaMuJoCo split, or 'omar-mpe/<scenario>' for OMAR's MPE data"
     )
+
+
+def can_evaluate(task: str) -> bool:
+    """Whether an env of `task` can be built here to evaluate policies: every task but OMAR's MPE."""
+    return not check_task(task).startswith(OMAR_MPE_PREFIX)
 
 
 def _to_env_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -250,12 +266,26 @@ class MaMuJoCoEnv(MultiAgentEnv):
         return obs, np.asarray(self._env.state(), dtype=np.float32), team_reward, terminated, truncated
 
 
-def make_env(task: str, render_mode: str | None = None) -> MultiAgentEnv:
-    """Build `task` (see TASKS) behind the uniform multi-agent interface."""
+def make_env(task: str, render_mode: str | None = None, agent_obsk: int = 0) -> MultiAgentEnv:
+    """Build `task` (see TASKS) behind the uniform multi-agent interface. `agent_obsk` is MaMuJoCo's
+    observation depth (0: each agent sees its own joints; 1: also its neighbours'): it must be the one the
+    data was recorded with, `dataset_agent_obsk(meta)`."""
     check_task(task)
+    if not can_evaluate(task):
+        raise TaskError(f"{task}: OMAR's modified particle world (its own rewards and action scaling) is not "
+                        "built here: its data trains, but policies trained on it cannot be evaluated, and mpe2 "
+                        "is not evaluated in its place")
     if task.startswith("mpe/"):
+        if agent_obsk != 0:
+            raise TaskError(f"{task}: agent_obsk={agent_obsk} is a MaMuJoCo setting; MPE envs take none")
         return MPEEnv(task, render_mode=render_mode)
-    return MaMuJoCoEnv(task, render_mode=render_mode)
+    return MaMuJoCoEnv(task, render_mode=render_mode, agent_obsk=agent_obsk)
+
+
+def dataset_agent_obsk(meta: dict) -> int:
+    """The MaMuJoCo observation depth a dataset was recorded with, which its env and evaluation must use.
+    A dataset without the field means 0, as every osd dataset made before the field existed."""
+    return int(meta.get("agent_obsk", 0))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,6 +339,12 @@ def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
         digest.update(f"{key}:{value.dtype.str}:{value.shape}".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+def agent_masks(obs_dims, act_dims) -> dict[str, np.ndarray]:
+    """`obs_mask`/`act_mask` [N, max dim]: 1 on each agent's real entries, 0 on its zero padding."""
+    return {"obs_mask": (np.arange(max(obs_dims))[None] < np.array(obs_dims)[:, None]).astype(np.float32),
+            "act_mask": (np.arange(max(act_dims))[None] < np.array(act_dims)[:, None]).astype(np.float32)}
 
 
 def episode_returns(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
@@ -434,6 +470,19 @@ def _validate(path: pathlib.Path, contents: dict[str, np.ndarray]) -> Dataset:
             fail(f"metadata.{key}", f"is {meta[key]!r}, not a finite number")
     if meta["ref_expert"] == meta["ref_random"]:
         fail("metadata.ref_expert", "equals ref_random, so no score can be normalized")
+    refs_fix = "set references to 'ours' (with measured ref_random/ref_expert) or 'unknown'"
+    if meta.get("references", "ours") not in ("ours", "unknown"):
+        fail("metadata.references", f"is {meta['references']!r}, not 'ours' or 'unknown'", refs_fix)
+    if meta.get("references") == "unknown" and (meta["ref_random"], meta["ref_expert"]) != REFERENCES_UNKNOWN:
+        fail("metadata.ref_random/ref_expert", f"are ({meta['ref_random']}, {meta['ref_expert']}) but references "
+             f"are 'unknown', which needs {REFERENCES_UNKNOWN} (scores are then returns)", refs_fix)
+    if "agent_obsk" in meta:
+        obsk_fix = "set it to the gymnasium_robotics agent_obsk the data was recorded with, or drop it off MaMuJoCo"
+        if isinstance(meta["agent_obsk"], bool) or not isinstance(meta["agent_obsk"], int) or meta["agent_obsk"] < 0:
+            fail("metadata.agent_obsk", f"is {meta['agent_obsk']!r}, not a non-negative integer", obsk_fix)
+        if not meta["task"].startswith("mamujoco/"):
+            fail("metadata.agent_obsk", f"is set, but task {meta['task']!r} is not MaMuJoCo (only MaMuJoCo has it)",
+                 obsk_fix)
 
     for key in TRANSITION_FIELDS + ("obs_mask", "act_mask"):
         if key not in contents:
@@ -486,19 +535,20 @@ def reference_returns(task: str) -> tuple[float, float]:
 
 def evaluate(act_fn: Callable[[list[np.ndarray]], list[np.ndarray]], task: str, episodes: int, seed: int,
              ref_random: float | None = None, ref_expert: float | None = None,
-             capture_video: bool = False) -> dict:
+             capture_video: bool = False, agent_obsk: int = 0) -> dict:
     """Decentralized rollouts of `act_fn` on the real env.
 
     `act_fn(observations)` receives a list whose entry i is agent i's OWN raw observation (its own size,
     unpadded, unnormalized) and returns one action in [-1, 1] per agent; agent i's action must depend on
     observations[i] only. Episode k is reset with seed `seed + k`, so a (policy, seed) pair always
-    replays the same episodes. Returns mean/std team return and the normalized score.
+    replays the same episodes. `agent_obsk` builds the MaMuJoCo env the data came from
+    (`dataset_agent_obsk(meta)`). Returns mean/std team return and the normalized score.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if ref_random is None or ref_expert is None:
         ref_random, ref_expert = reference_returns(task)
-    env = make_env(task, render_mode="rgb_array" if capture_video else None)
+    env = make_env(task, render_mode="rgb_array" if capture_video else None, agent_obsk=agent_obsk)
     returns, frames = [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)

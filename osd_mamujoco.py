@@ -31,7 +31,10 @@ Datasets: a HalfCheetah-2x3 tier missing from the cache (datasets/cache/mamujoco
 is generated on first use from the committed TD3 behavior policies, as
 `python datasets/generate.py --task mamujoco/HalfCheetah-2x3 --tier <tier>` would (datasets/MAMUJOCO.md).
 Other splits (Ant-2x4, Hopper-3x1, Walker2d-2x3, ...) need your own file in the osd format
-(osd_common.save_dataset) recorded with agent_obsk=0; the script checks its sizes against the env.
+(osd_common.save_dataset), or one converted from the field's data by datasets/convert.py (og-marl's
+Vaults, OMAR's files). The env follows the data: it is built with the dataset's `agent_obsk` (0 when the
+metadata has none; og-marl's gymnasium_mamujoco data has 1), in training and in every evaluation, and
+the script checks the dataset's sizes against it.
 
 Default budget (`--preset default`): 50,000 phase-1 steps (behavior model and critics together) and
 20,000 actor steps at batch 256, evaluating 5 full episodes every 4,000 actor steps: the update count
@@ -103,7 +106,8 @@ class Args:
     tier: str = "medium-expert"
     """the dataset tier: random, medium, medium-replay, expert or medium-expert"""
     dataset: str | None = None
-    """path to a dataset .npz; overrides --task/--tier (the task is read from the dataset)"""
+    """path to a dataset .npz; overrides --task/--tier (the task, and the env's agent_obsk, are read from the
+    dataset)"""
     build_dataset: bool = True
     """build a HalfCheetah-2x3 dataset that is not in the cache yet (datasets/generate.py: about 30 s per
     100 episodes of 1000 steps; --no-build-dataset to refuse)"""
@@ -620,13 +624,14 @@ def save_gif(frames: list[np.ndarray], path: str, fps: int = 10, scale: float = 
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
 
 
-def render_episode(act_fn, task: str, seed: int, frame_skip: int = VIDEO_FRAME_SKIP) -> list[np.ndarray]:
+def render_episode(act_fn, task: str, seed: int, frame_skip: int = VIDEO_FRAME_SKIP,
+                   agent_obsk: int = 0) -> list[np.ndarray]:
     """One decentralized episode (reset with `seed`, as evaluation's first episode), rendered off-screen
     every `frame_skip`-th step: MuJoCo renders on the CPU at ~0.1 s a frame, so all 1000 would be slow."""
     from osd_common import make_env
 
     try:
-        env = make_env(task, render_mode="rgb_array")
+        env = make_env(task, render_mode="rgb_array", agent_obsk=agent_obsk)
         obs, _ = env.reset(seed=seed)
         frames, done, t = [env.render()], False, 0
         while not done:
@@ -643,13 +648,15 @@ def render_episode(act_fn, task: str, seed: int, frame_skip: int = VIDEO_FRAME_S
 
 
 def evaluate_policy(actors, obs_normalizer, device, task, episodes, seed, meta) -> dict:
-    """Full 1000-step decentralized episodes on the real env (osd_common.evaluate)."""
-    from osd_common import evaluate
+    """Full 1000-step decentralized episodes on the real env (osd_common.evaluate), built with the
+    dataset's agent_obsk."""
+    from osd_common import dataset_agent_obsk, evaluate
 
     for actor in actors:
         actor.eval()
     result = evaluate(make_act_fn(actors, obs_normalizer, device), task, episodes=episodes, seed=seed,
-                      ref_random=meta.get("ref_random"), ref_expert=meta.get("ref_expert"))
+                      ref_random=meta.get("ref_random"), ref_expert=meta.get("ref_expert"),
+                      agent_obsk=dataset_agent_obsk(meta))
     for actor in actors:
         actor.train()
     return result
@@ -692,7 +699,8 @@ def run_eval_only(args: Args, device: torch.device) -> None:
     print(f"eval-only {args.checkpoint}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}, "
           f"normalized score {result['normalized_score']:.1f} over {episodes} episodes")
     if args.capture_video:
-        frames = render_episode(make_act_fn(nets["actors"], obs_normalizer, device), meta["task"], args.seed + 10_000)
+        frames = render_episode(make_act_fn(nets["actors"], obs_normalizer, device), meta["task"], args.seed + 10_000,
+                                agent_obsk=osd_common.dataset_agent_obsk(meta))
         os.makedirs("videos", exist_ok=True)
         name = os.path.splitext(os.path.basename(args.checkpoint))[0]
         save_gif(frames, f"videos/{name}.gif")
@@ -730,9 +738,9 @@ if __name__ == "__main__":
         return SystemExit(f"osd_mamujoco: --task {task!r} {why}; use {osd_common.MAMUJOCO_TASKS[0]}, or another MaMuJoCo "
                           f"split 'mamujoco/<Scenario>-<conf>' ({', '.join(EXAMPLE_SPLITS)}) with your own --dataset")
 
-    def probe_env(task: str):
+    def probe_env(task: str, agent_obsk: int = 0):
         try:
-            return osd_common.make_env(task)
+            return osd_common.make_env(task, agent_obsk=agent_obsk)
         except Exception as error:  # unknown scenario or split: gymnasium_robotics raises plain exceptions
             raise bad_task(task, f"cannot be built by gymnasium_robotics ({type(error).__name__}: {error})") from None
 
@@ -752,7 +760,8 @@ if __name__ == "__main__":
         if not cached.exists() and args.task not in osd_common.MAMUJOCO_TASKS:
             raise SystemExit(f"osd_mamujoco: no dataset {cached}: osd generates datasets for "
                              f"{', '.join(osd_common.MAMUJOCO_TASKS)} only; pass your own file with --dataset PATH "
-                             "(the osd format of osd_common.save_dataset, recorded with agent_obsk=0)")
+                             "(the osd format of osd_common.save_dataset, or the field's data converted by "
+                             "datasets/convert.py)")
         if not cached.exists() and not args.build_dataset:
             raise SystemExit(f"osd_mamujoco: no dataset {cached} yet; make it with `python datasets/generate.py "
                              f"--task {args.task} --tier {args.tier}`, drop --no-build-dataset, or pass --dataset PATH")
@@ -771,13 +780,16 @@ if __name__ == "__main__":
         args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
     n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]
     max_obs_dim, max_act_dim = data.observations.shape[-1], data.actions.shape[-1]
-    env_probe = probe_env(args.task)
+    agent_obsk = osd_common.dataset_agent_obsk(meta)  # the env follows the data, here and in every evaluation
+    env_probe = probe_env(args.task, agent_obsk)
     if (list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims
             or env_probe.state_dim != state_dim):
         raise SystemExit(f"osd_mamujoco: dataset {data.path} has obs dims {obs_dims} / action dims {act_dims} / "
-                         f"state dim {state_dim}, but the {args.task} env (agent_obsk=0) has {env_probe.obs_dims} / "
-                         f"{env_probe.act_dims} / {env_probe.state_dim}")
+                         f"state dim {state_dim}, but the {args.task} env (agent_obsk={agent_obsk}, from the dataset) "
+                         f"has {env_probe.obs_dims} / {env_probe.act_dims} / {env_probe.state_dim}")
     env_probe.close()
+    if meta.get("references") == "unknown":
+        print(f"osd_mamujoco: {args.task} has no reference returns here: every 'normalized score' below is the return")
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     # docs/algorithm.md §6: observations and states standardized once with dataset statistics
@@ -956,7 +968,8 @@ if __name__ == "__main__":
                             "state_mean": state_normalizer.mean, "state_std": state_normalizer.std},
             "args": dataclasses.asdict(args),
             "meta": {key: meta[key] for key in ("task", "tier", "n_agents", "obs_dims", "act_dims", "state_dim",
-                                                "ref_random", "ref_expert", "sha256") if key in meta},
+                                                "ref_random", "ref_expert", "references", "agent_obsk", "sha256")
+                     if key in meta},
             "final_normalized_score": last_score,
             "best_normalized_score": best_score,
         }, path)

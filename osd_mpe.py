@@ -631,6 +631,9 @@ def run_eval_only(args: Args, device: torch.device) -> None:
     checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=False)
     saved_args = checkpoint_args(checkpoint["args"])
     meta = checkpoint["meta"]
+    if not osd_common.can_evaluate(meta["task"]):
+        raise SystemExit(f"osd_mpe: {args.checkpoint} was trained on {meta['task']} data, whose env is not built here "
+                         "(OMAR's particle world): it cannot be evaluated")
     nets = build_networks(meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"], saved_args, device)
     for name, net in nets.items():
         net.load_state_dict(checkpoint[name])
@@ -694,11 +697,21 @@ if __name__ == "__main__":
         args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
     n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]
     max_obs_dim, max_act_dim = data.observations.shape[-1], data.actions.shape[-1]
-    env_probe = osd_common.make_env(args.task)
-    if list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims:
-        raise SystemExit(f"osd_mpe: dataset {data.path} has obs dims {obs_dims} / action dims {act_dims}, but "
-                         f"the {args.task} env has {env_probe.obs_dims} / {env_probe.act_dims}")
-    env_probe.close()
+    # OMAR's MPE data (omar-mpe/...) comes from an env not built here: it trains, and is never evaluated
+    evaluable = osd_common.can_evaluate(args.task)
+    if evaluable:
+        env_probe = osd_common.make_env(args.task)
+        if list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims:
+            raise SystemExit(f"osd_mpe: dataset {data.path} has obs dims {obs_dims} / action dims {act_dims}, but "
+                             f"the {args.task} env has {env_probe.obs_dims} / {env_probe.act_dims}")
+        env_probe.close()
+    elif args.record is not None:
+        raise SystemExit(f"osd_mpe: --record: {args.task} cannot be evaluated here (OMAR's particle world), so the "
+                         "run would have no score to record; drop --record")
+    else:
+        print(f"osd_mpe: {args.task} is OMAR's particle world, not built here: training without evaluation")
+    if evaluable and meta.get("references") == "unknown":
+        print(f"osd_mpe: {args.task} has no reference returns here: every 'normalized score' below is the return")
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     # docs/algorithm.md §6: observations and states standardized once with dataset statistics
@@ -848,7 +861,7 @@ if __name__ == "__main__":
             writer.add_scalar("charts/actor_SPS", sps, step)
             writer.add_scalar("charts/SPS", sps, phase1_steps + step)
             progress.set_postfix({"score": f"{losses['actor_score']:.3g}", "Q": f"{-losses['actor_q']:.3g}", "SPS": sps})
-        if (step + 1) % args.eval_every == 0 or step == args.policy_steps - 1:
+        if evaluable and ((step + 1) % args.eval_every == 0 or step == args.policy_steps - 1):
             eval_start = time.time()
             # the last evaluation is the recorded final score: more episodes, so that evaluation noise
             # does not swamp the differences between seeds and algorithms
@@ -864,7 +877,7 @@ if __name__ == "__main__":
                        f"normalized score {last_score:.1f} ({episodes} episodes)")
     progress.close()
     print(f"phase 2 done: {args.policy_steps} steps in {time.time() - start_time:.0f}s; "
-          f"normalized score last {last_score:.1f}, best {best_score:.1f}")
+          + (f"normalized score last {last_score:.1f}, best {best_score:.1f}" if evaluable else "not evaluated"))
     train_time = phase1_time + time.time() - start_time - eval_time
 
     # ---- checkpoint (docs/algorithm.md §6): networks, normalizers, Args and dataset meta
@@ -877,7 +890,7 @@ if __name__ == "__main__":
                             "state_mean": state_normalizer.mean, "state_std": state_normalizer.std},
             "args": dataclasses.asdict(args),
             "meta": {key: meta[key] for key in ("task", "tier", "n_agents", "obs_dims", "act_dims", "state_dim",
-                                                "ref_random", "ref_expert", "sha256") if key in meta},
+                                                "ref_random", "ref_expert", "references", "sha256") if key in meta},
             "final_normalized_score": last_score,
             "best_normalized_score": best_score,
         }, path)

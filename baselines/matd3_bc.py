@@ -317,12 +317,12 @@ def save_gif(frames: list[np.ndarray], path: str, fps: int = 10) -> None:
 
 
 def evaluate_policy(actors, obs_normalizer, device, task, episodes, seed, meta, capture_video=False) -> dict:
-    from osd_common import evaluate
+    from osd_common import dataset_agent_obsk, evaluate
 
     actors.eval()
     result = evaluate(make_act_fn(actors, obs_normalizer, device), task, episodes=episodes, seed=seed,
                       ref_random=meta.get("ref_random"), ref_expert=meta.get("ref_expert"),
-                      capture_video=capture_video)
+                      capture_video=capture_video, agent_obsk=dataset_agent_obsk(meta))
     actors.train()
     return result
 
@@ -339,6 +339,9 @@ def run_eval_only(args: Args, device: torch.device) -> None:
                          "evaluate it with that algorithm's script")
     saved_args = Args(**checkpoint["args"])
     meta = checkpoint["meta"]
+    if not osd_common.can_evaluate(meta["task"]):
+        raise SystemExit(f"matd3_bc: {args.checkpoint} was trained on {meta['task']} data, whose env is not built here "
+                         "(OMAR's particle world): it cannot be evaluated")
     nets = build_networks(meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"], saved_args, device)
     for name, net in nets.items():
         net.load_state_dict(checkpoint[name])
@@ -404,11 +407,24 @@ if __name__ == "__main__":
     if args.final_eval_episodes is None:
         args.final_eval_episodes = osd_common.default_final_eval_episodes(args.task)
     n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]
-    env_probe = osd_common.make_env(args.task)
-    if list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims:
-        raise SystemExit(f"matd3_bc: dataset {data.path} has obs dims {obs_dims} / action dims {act_dims}, but "
-                         f"the {args.task} env has {env_probe.obs_dims} / {env_probe.act_dims}")
-    env_probe.close()
+    # the env follows the data: the dataset's agent_obsk (MaMuJoCo); OMAR's MPE data (omar-mpe/...) comes
+    # from an env not built here: it trains, and is never evaluated
+    evaluable = osd_common.can_evaluate(args.task)
+    if evaluable:
+        agent_obsk = osd_common.dataset_agent_obsk(meta)
+        env_probe = osd_common.make_env(args.task, agent_obsk=agent_obsk)
+        if list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims:
+            raise SystemExit(f"matd3_bc: dataset {data.path} has obs dims {obs_dims} / action dims {act_dims}, but "
+                             f"the {args.task} env (agent_obsk={agent_obsk}) has {env_probe.obs_dims} / "
+                             f"{env_probe.act_dims}")
+        env_probe.close()
+    elif args.record is not None:
+        raise SystemExit(f"matd3_bc: --record: {args.task} cannot be evaluated here (OMAR's particle world), so the "
+                         "run would have no score to record; drop --record")
+    else:
+        print(f"matd3_bc: {args.task} is OMAR's particle world, not built here: training without evaluation")
+    if evaluable and meta.get("references") == "unknown":
+        print(f"matd3_bc: {args.task} has no reference returns here: every 'normalized score' below is the return")
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     # observations and states standardized once with dataset statistics (as CORL's TD3+BC)
@@ -485,7 +501,7 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/lambda", lmbda.item(), step)
             writer.add_scalar("charts/SPS", sps, step)
             progress.set_postfix({**{k: f"{v:.3g}" for k, v in logged.items()}, "SPS": sps})
-        if (step + 1) % args.eval_every == 0 or step == args.total_steps - 1:
+        if evaluable and ((step + 1) % args.eval_every == 0 or step == args.total_steps - 1):
             eval_start = time.time()
             # the last evaluation is the recorded final score: more episodes, so that evaluation noise
             # does not swamp the differences between seeds and algorithms
@@ -518,7 +534,8 @@ if __name__ == "__main__":
                             "state_mean": state_normalizer.mean, "state_std": state_normalizer.std},
             "args": dataclasses.asdict(args),
             "meta": {key: meta[key] for key in ("task", "tier", "n_agents", "obs_dims", "act_dims", "state_dim",
-                                                "ref_random", "ref_expert", "sha256") if key in meta},
+                                                "ref_random", "ref_expert", "references", "agent_obsk", "sha256")
+                     if key in meta},
             "final_normalized_score": last_score,
             "best_normalized_score": best_score,
         }, checkpoint_path)

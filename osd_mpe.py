@@ -624,6 +624,7 @@ def record_algorithm(args: Args) -> str:
 
 def run_eval_only(args: Args, device: torch.device) -> None:
     """--eval-only: rebuild the actors from a checkpoint and evaluate them, without training."""
+    import osd_common  # imported where it is used, as in the main block
     if args.checkpoint is None:
         raise SystemExit("osd_mpe: --eval-only needs --checkpoint PATH (a .pt written by a training run)")
     if not os.path.isfile(args.checkpoint):

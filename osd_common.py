@@ -288,6 +288,31 @@ def dataset_agent_obsk(meta: dict) -> int:
     return int(meta.get("agent_obsk", 0))
 
 
+def check_env_fits_data(program: str, data, task: str, record: bool) -> bool:
+    """Before training on `data`: whether its policies can be evaluated here. Stops with a message when the
+    env of `task` (built with the dataset's agent_obsk) disagrees with the data's sizes, or when a run
+    record (`record`) is asked of data whose env is not built here (OMAR's particle world: the run would
+    have no score). `program` names the script in the messages."""
+    meta = data.meta
+    if not can_evaluate(task):
+        if record:
+            raise SystemExit(f"{program}: --record: {task} cannot be evaluated here (OMAR's particle world), so the "
+                             "run would have no score to record; drop --record")
+        print(f"{program}: {task} is OMAR's particle world, not built here: training without evaluation")
+        return False
+    agent_obsk = dataset_agent_obsk(meta)
+    env = make_env(task, agent_obsk=agent_obsk)
+    sizes = (list(env.obs_dims), list(env.act_dims))
+    env.close()
+    if sizes != (list(meta["obs_dims"]), list(meta["act_dims"])):
+        raise SystemExit(f"{program}: dataset {data.path} has obs dims {list(meta['obs_dims'])} / action dims "
+                         f"{list(meta['act_dims'])}, but the {task} env (agent_obsk={agent_obsk}) has {sizes[0]} / "
+                         f"{sizes[1]}")
+    if meta.get("references") == "unknown":
+        print(f"{program}: {task} has no reference returns here: every 'normalized score' below is the return")
+    return True
+
+
 # ---------------------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------------------

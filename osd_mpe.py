@@ -698,21 +698,8 @@ if __name__ == "__main__":
         args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
     n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]
     max_obs_dim, max_act_dim = data.observations.shape[-1], data.actions.shape[-1]
-    # OMAR's MPE data (omar-mpe/...) comes from an env not built here: it trains, and is never evaluated
-    evaluable = osd_common.can_evaluate(args.task)
-    if evaluable:
-        env_probe = osd_common.make_env(args.task)
-        if list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims:
-            raise SystemExit(f"osd_mpe: dataset {data.path} has obs dims {obs_dims} / action dims {act_dims}, but "
-                             f"the {args.task} env has {env_probe.obs_dims} / {env_probe.act_dims}")
-        env_probe.close()
-    elif args.record is not None:
-        raise SystemExit(f"osd_mpe: --record: {args.task} cannot be evaluated here (OMAR's particle world), so the "
-                         "run would have no score to record; drop --record")
-    else:
-        print(f"osd_mpe: {args.task} is OMAR's particle world, not built here: training without evaluation")
-    if evaluable and meta.get("references") == "unknown":
-        print(f"osd_mpe: {args.task} has no reference returns here: every 'normalized score' below is the return")
+    # the env follows the data (its agent_obsk); OMAR's MPE data trains without evaluation
+    evaluable = osd_common.check_env_fits_data("osd_mpe", data, args.task, args.record is not None)
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     # docs/algorithm.md §6: observations and states standardized once with dataset statistics

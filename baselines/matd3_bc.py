@@ -408,24 +408,8 @@ if __name__ == "__main__":
     if args.final_eval_episodes is None:
         args.final_eval_episodes = osd_common.default_final_eval_episodes(args.task)
     n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]
-    # the env follows the data: the dataset's agent_obsk (MaMuJoCo); OMAR's MPE data (omar-mpe/...) comes
-    # from an env not built here: it trains, and is never evaluated
-    evaluable = osd_common.can_evaluate(args.task)
-    if evaluable:
-        agent_obsk = osd_common.dataset_agent_obsk(meta)
-        env_probe = osd_common.make_env(args.task, agent_obsk=agent_obsk)
-        if list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims:
-            raise SystemExit(f"matd3_bc: dataset {data.path} has obs dims {obs_dims} / action dims {act_dims}, but "
-                             f"the {args.task} env (agent_obsk={agent_obsk}) has {env_probe.obs_dims} / "
-                             f"{env_probe.act_dims}")
-        env_probe.close()
-    elif args.record is not None:
-        raise SystemExit(f"matd3_bc: --record: {args.task} cannot be evaluated here (OMAR's particle world), so the "
-                         "run would have no score to record; drop --record")
-    else:
-        print(f"matd3_bc: {args.task} is OMAR's particle world, not built here: training without evaluation")
-    if evaluable and meta.get("references") == "unknown":
-        print(f"matd3_bc: {args.task} has no reference returns here: every 'normalized score' below is the return")
+    # the env follows the data (its agent_obsk); OMAR's MPE data trains without evaluation
+    evaluable = osd_common.check_env_fits_data("matd3_bc", data, args.task, args.record is not None)
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     # observations and states standardized once with dataset statistics (as CORL's TD3+BC)

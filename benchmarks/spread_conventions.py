@@ -23,8 +23,7 @@ landmarks in one quadrant give one action).
 
 It also reports the behavior model's *completion* (agent i sampled given the data's own actions of its
 predecessors: a model that learned the conditionals puts agent 2 on the landmark agents 0 and 1 leave
-free), the regularizer's pull on the last agent put on another convention's action, per diffusion time
-t, and rollouts of the actors (and of the behavior model as a policy) on held-out episodes: the share
+free), and rollouts of the actors (and of the behavior model as a policy) on held-out episodes: the share
 with a landmark left bare, the normalized score, and how often a clearly-headed agent far (> 0.3) from
 every landmark changes its heading.
 
@@ -135,57 +134,6 @@ def sample_agent(osd_mpe, score_net, condition, prefix_actions, prefix_mask, act
     return x.clamp(-1, 1).numpy()
 
 
-PULL_TIMES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
-
-
-@torch.no_grad()
-def pull_back(osd_mpe, score_net, args, condition, data_actions, prefix_mask, act_mask, raw_obs, data_heading,
-              data_ambiguous, seed: int, draws: int = 16) -> dict[float, dict[str, float]]:
-    """Does the regularizer pull the last agent back to the convention its predecessors chose, and at
-    which diffusion times t?
-
-    The last agent is put on the approach action toward its landmark in *another* data convention (a
-    mode of its own marginal, but not the one its predecessors' data actions chose: a mis-coordinated
-    team), its predecessors keep the data's actions. At each t, the regularizer's descent direction for
-    it, -E_eps[w(t) eps_hat] (eq. (5.2)), is compared with the way back to the data's own action: the
-    mean cosine (1: straight back; 0: no preference, which is all the independent model can have, as
-    both are modes of its marginal) and the mean length of w(t) eps_hat."""
-    last = condition.shape[1] - 1
-    approach = torch.as_tensor(approach_actions(raw_obs), dtype=torch.float32)  # [B, agents, landmarks, 4]
-    own = data_heading[:, last]
-    landmarks = sorted({PERMUTATIONS_3[c][last] for c in MIXED_CONVENTIONS})
-    other = np.array([next((k for k in landmarks if k != h), h) for h in own])
-    usable = ~data_ambiguous[:, last] & (other != own)
-    rows = np.flatnonzero(usable)
-    right = data_actions[rows, last]
-    wrong = right.clone()
-    wrong[:, 1:5] = approach[rows, last, torch.as_tensor(other[rows])]
-    keep = (wrong - right).norm(dim=-1) > DECISIVE  # the two modes' actions differ clearly
-    rows, right, wrong = rows[keep.numpy()], right[keep], wrong[keep]
-    way_back = (right - wrong) * act_mask[last]
-    # where the data's landmark is the last agent's rarer mode over the conventions (its marginal favors
-    # the wrong one), a marginal regularizer pulls the wrong way: only the conditional can pull back
-    share = {k: sum(PERMUTATIONS_3[c][last] == k for c in MIXED_CONVENTIONS) for k in landmarks}
-    rarer = torch.as_tensor([share[own[r]] < share[other[r]] for r in rows])
-    joint = data_actions[rows].clone()
-    joint[:, last] = wrong
-    generator = torch.Generator().manual_seed(seed)
-    table = {}
-    for t_value in PULL_TIMES:
-        t = torch.full((len(rows), condition.shape[1]), t_value)
-        alpha, sigma = osd_mpe.vp_alpha_sigma(t)
-        push = torch.zeros_like(right)
-        for _ in range(draws):
-            noise = torch.randn(joint.shape, generator=generator) * act_mask
-            noised = alpha[..., None] * joint + sigma[..., None] * noise
-            eps_hat = score_net(noised, t, condition[rows], data_actions[rows], prefix_mask)[:, last] * act_mask[last]
-            push += osd_mpe.score_weight(t[:, last], args.weighting)[:, None] * eps_hat / draws
-        cosine = torch.nn.functional.cosine_similarity(-push, way_back, dim=-1)
-        table[t_value] = {"cosine": cosine.mean().item(), "cosine, data on the rarer mode": cosine[rarer].mean().item(),
-                          "length": push.norm(dim=-1).mean().item(), "states": len(rows), "rarer states": int(rarer.sum())}
-    return table
-
-
 @torch.no_grad()
 def measure(checkpoint_path: str, n_states: int = 500, episodes: int = 100, seed: int = 0,
             behavior_rollouts: bool = True, step: int = 0) -> dict:
@@ -199,27 +147,26 @@ def measure(checkpoint_path: str, n_states: int = 500, episodes: int = 100, seed
     act_mask, n_agents = f32(data.act_mask), data.actions.shape[1]
     prefix_mask = osd_mpe.prefix_masks(n_agents, args.decomposition)
 
+    def inputs(raw_obs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw spread obs [B, 3, O] -> the normalized obs and the behavior model's condition [B, N, C]."""
+        obs = f32((raw_obs - norm["obs_mean"]) / norm["obs_std"] * data.obs_mask)
+        state = f32((raw_obs.reshape(len(raw_obs), -1) - norm["state_mean"]) / norm["state_std"])
+        return obs, state[:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else obs
+
     def behavior_act(raw_obs: np.ndarray) -> np.ndarray:
         """Sample the behavior model agent by agent (in the checkpoint's order) at these observations."""
-        obs = f32((raw_obs - norm["obs_mean"]) / norm["obs_std"] * data.obs_mask)
-        state = f32((raw_obs.reshape(len(raw_obs), -1) - norm["state_mean"]) / norm["state_std"])
-        condition = state[:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else obs
-        return osd_mpe.sample_behavior_actions(nets["score_net"], condition, prefix_mask, act_mask, n_steps=25).numpy()
+        return osd_mpe.sample_behavior_actions(nets["score_net"], inputs(raw_obs)[1], prefix_mask, act_mask,
+                                               n_steps=25).numpy()
 
-    def regularizer_targets(raw_obs: np.ndarray, actors_now: np.ndarray) -> np.ndarray:
-        """Each agent's own sample of what (5.2) pulls it toward: the behavior model for agent i given
-        the actors' current actions of its predecessors (given nothing with `independent`)."""
-        obs = f32((raw_obs - norm["obs_mean"]) / norm["obs_std"] * data.obs_mask)
-        state = f32((raw_obs.reshape(len(raw_obs), -1) - norm["state_mean"]) / norm["state_std"])
-        condition = state[:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else obs
-        prefix, out = f32(actors_now), np.zeros_like(actors_now)
-        for agent in range(n_agents):
-            out[:, agent] = sample_agent(osd_mpe, nets["score_net"], condition, prefix, prefix_mask, act_mask, agent)
-        return out
+    def conditional_samples(raw_obs: np.ndarray, prefix_actions: np.ndarray) -> np.ndarray:
+        """Each agent sampled from the behavior model given `prefix_actions` of its predecessors (given
+        nothing with `independent`)."""
+        condition, prefix = inputs(raw_obs)[1], f32(prefix_actions)
+        return np.stack([sample_agent(osd_mpe, nets["score_net"], condition, prefix, prefix_mask, act_mask, agent)
+                         for agent in range(n_agents)], axis=1)
 
     def actor_act(raw_obs: np.ndarray) -> np.ndarray:
-        obs = f32((raw_obs - norm["obs_mean"]) / norm["obs_std"] * data.obs_mask)
-        return osd_mpe.joint_action(nets["actors"], obs, act_mask.shape[-1]).numpy()
+        return osd_mpe.joint_action(nets["actors"], inputs(raw_obs)[0], act_mask.shape[-1]).numpy()
 
     # step `step` (0: the first) of the dataset's episodes, where every agent's three approach actions differ clearly
     ends = np.flatnonzero((data.terminals > 0) | (data.timeouts > 0))
@@ -235,25 +182,20 @@ def measure(checkpoint_path: str, n_states: int = 500, episodes: int = 100, seed
               "first step": {}, "rollouts": {}}
     actors_now = actor_act(raw_obs)
     sources = {"data": data.actions[rows], "behavior model": behavior_act(raw_obs),
-               "regularizer targets": regularizer_targets(raw_obs, actors_now), "actors": actors_now}
+               # what eq. (5.2) pulls each agent toward: the model given the actors' current a_<i
+               "regularizer targets": conditional_samples(raw_obs, actors_now), "actors": actors_now}
     for source, actions in sources.items():
         heading, _, weak = headings(raw_obs, actions)
         result["first step"][source] = classify(heading, weak)
     # completion: each agent sampled given the data's own actions of its predecessors; where the data's
     # heading of that agent is clear, does the sample head for the same landmark? (~100% for a model that
     # learned the conditionals: given agents 0 and 1, agent 2's landmark is the one left)
-    obs = f32((raw_obs - norm["obs_mean"]) / norm["obs_std"] * data.obs_mask)
-    state = f32((raw_obs.reshape(len(raw_obs), -1) - norm["state_mean"]) / norm["state_std"])
-    condition = state[:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else obs
     data_heading, data_ambiguous, _ = headings(raw_obs, data.actions[rows])
-    completed = np.stack([sample_agent(osd_mpe, nets["score_net"], condition, f32(data.actions[rows]), prefix_mask,
-                                       act_mask, agent) for agent in range(n_agents)], axis=1)
+    completed = conditional_samples(raw_obs, data.actions[rows])
     heading, _, weak = headings(raw_obs, completed)
     result["completion"] = {f"agent {agent}": float(np.mean((heading == data_heading)[~data_ambiguous[:, agent], agent]))
                             for agent in range(n_agents)}
     result["completion"]["weak"] = float(weak.mean())
-    result["pull back"] = pull_back(osd_mpe, nets["score_net"], args, condition, f32(data.actions[rows]), prefix_mask,
-                                    act_mask, raw_obs, data_heading, data_ambiguous, seed)
     result["rollouts"]["actors"] = rollouts(actor_act, meta, episodes)
     if behavior_rollouts:
         result["rollouts"]["behavior model"] = rollouts(behavior_act, meta, episodes)
@@ -271,13 +213,6 @@ def format_result(name: str, result: dict) -> str:
     lines += ["", "| behavior model given the data's predecessor actions | " + " | ".join(result["completion"]) + " |",
               "|---|" + "---|" * len(result["completion"]),
               "| same landmark as the data / weak samples | " + " | ".join(f"{100 * v:.1f}%" for v in result["completion"].values()) + " |"]
-    pull = result["pull back"]
-    lines += ["", f"| last agent put in another convention ({next(iter(pull.values()))['states']} states): t | "
-              + " | ".join(f"{t:g}" for t in pull) + " |", "|---|" + "---|" * len(pull),
-              "| cosine of the regularizer's push with the way back | " + " | ".join(f"{v['cosine']:+.2f}" for v in pull.values()) + " |",
-              f"| the same where the data's landmark is the rarer mode ({next(iter(pull.values()))['rarer states']} states) | "
-              + " | ".join(f"{v['cosine, data on the rarer mode']:+.2f}" for v in pull.values()) + " |",
-              "| length of w(t) eps_hat | " + " | ".join(f"{v['length']:.2f}" for v in pull.values()) + " |"]
     lines += ["", "| rolled out | episodes with a landmark bare | normalized score | heading switches per agent |",
               "|---|---|---|---|"]
     for source, row in result["rollouts"].items():

@@ -328,12 +328,45 @@ def spread_assignment_shares(dataset: osd_common.Dataset) -> dict[str, float]:
     return {str(k): float(c) / len(labels) for k, c in zip(keys, counts)}
 
 
-def data_card() -> str:
-    """Markdown tables of every cached dataset's metadata (and spread's measured assignments)."""
+def learning_curve_png(task: str) -> pathlib.Path:
+    """Plot the MATD3 run's noise-free normalized score against env steps, marking the medium checkpoint
+    and the end of the medium-replay buffer; written next to its training_log.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log, medium = training_log(task), medium_checkpoint(task)
+    steps = [e["step"] for e in log["evaluations"]]
+    scores = [e["normalized_score"] for e in log["evaluations"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, scores, marker=".", label=f"noise-free, {log['args']['eval_episodes']} episodes")
+    ax.axhline(MEDIUM_TARGET_SCORE, color="grey", lw=0.8, ls=":")
+    ax.axvline(replay_end_step(task), color="tab:green", lw=0.8, ls="--", label="medium-replay ends")
+    ax.plot([medium["step"]], [medium["normalized_score"]], "o", color="tab:red", label="medium checkpoint")
+    ax.set(xlabel="env steps", ylabel="normalized score",
+           title=f"MATD3 on {task}, seed {log['args']['seed']} ({log['wall_s'] / 60:.0f} min, 2-core CPU, shared)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = LEARNED_POLICY_DIRS[task] / "learning_curve.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def data_card(previous: str = "", tasks=tuple(TIER_EPISODES)) -> str:
+    """Markdown tables of every cached dataset's metadata (and spread's measured assignments), for the
+    tasks in `tasks`; the rows of the other tasks are kept from `previous` (the card as it stands)."""
+    previous_lines = previous.splitlines()
+
     rows = ["| task | tier | transitions | episodes | return mean ± std | normalized score of the data |",
             "|---|---|---|---|---|---|"]
     shares = []
     for task in TIER_EPISODES:
+        if task not in tasks:
+            rows += [line for line in previous_lines if line.startswith(tuple(f"| {task} | {t} |" for t in MPE_TIERS))]
+            shares += [line for line in previous_lines if line.startswith(f"| {task} ") and line.count("|") == 3]
+            continue
         for tier in MPE_TIERS:
             path = osd_common.dataset_path(task, tier)
             if not path.exists():
@@ -343,11 +376,12 @@ def data_card() -> str:
             m = data.meta
             rows.append(f"| {task} | {tier} | {m['transitions']:,} | {m['episodes']:,} | "
                         f"{m['return_mean']:.2f} ± {m['return_std']:.2f} | {m['normalized_score']:.1f} |")
-            if task == "mpe/simple_spread" and tier in ("expert", "mixed", "balanced", "mixed-balanced"):
+            if task == "mpe/simple_spread" and tier in ("expert", "medium", "mixed", "balanced", "mixed-balanced",
+                                                        "mixed-expert-noisy"):
                 measured = spread_assignment_shares(data)
                 shares.append(f"| {task} {tier}, nearest landmark per agent at the last step (measured) | " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in
                                                         sorted(measured.items(), key=lambda kv: -kv[1])) + " |")
-            if tier in ("mixed", "balanced", "mixed-balanced"):
+            if tier in ("mixed", "balanced", "mixed-balanced", "mixed-expert-noisy"):
                 shares.append(f"| {task} {tier}, episodes by behavior | " + ", ".join(
                     f"{k}: {v}" for k, v in m["episode_labels"].items()) + " |")
     refs = json.loads(osd_common.REFERENCE_RETURNS_FILE.read_text())
@@ -356,18 +390,27 @@ def data_card() -> str:
     for task, e in refs.items():
         ref_rows.append(f"| {task} | {e['R_random']:.2f} ± {e['R_random_std']:.2f} ({e['R_random_stderr']:.2f}) | "
                         f"{e['R_expert']:.2f} ± {e['R_expert_std']:.2f} ({e['R_expert_stderr']:.2f}) | {e['episodes']} |")
-    return ("\n".join(ref_rows) + "\n\n" + "\n".join(rows) + "\n\n| dataset | multimodality |\n|---|---|\n"
-            + "\n".join(shares) + "\n")
+    runs = ["| task | MATD3 run | env steps | wall time | medium checkpoint (noise-free score, 20 episodes) | "
+            "medium-replay: buffer up to step |", "|---|---|---|---|---|---|"]
+    for task in LEARNED_POLICY_DIRS:
+        log, medium = training_log(task), medium_checkpoint(task)
+        runs.append(f"| {task} | seed {log['args']['seed']}, `{LEARNED_POLICY_DIRS[task].relative_to(HERE)}` | "
+                    f"{log['evaluations'][-1]['step']:,} | {log['wall_s'] / 60:.0f} min | `{medium['checkpoint']}` "
+                    f"({medium['normalized_score']:.1f}) | {replay_end_step(task):,} |")
+    return ("\n".join(ref_rows) + "\n\n" + "\n".join(runs) + "\n\n" + "\n".join(rows)
+            + "\n\n| dataset | multimodality |\n|---|---|\n" + "\n".join(shares) + "\n")
 
 
-def write_card(readme: pathlib.Path = HERE / "README.md") -> None:
+def write_card(readme: pathlib.Path = HERE / "README.md", tasks=tuple(TIER_EPISODES)) -> None:
     begin, end = "<!-- card:begin -->", "<!-- card:end -->"
     text = readme.read_text()
     if begin not in text or end not in text:
         raise SystemExit(f"{readme}: needs the markers {begin} and {end} around the generated tables")
     head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(head + begin + "\n" + data_card() + end + tail)
+    previous, tail = rest.split(end, 1)
+    for task in LEARNED_POLICY_DIRS:
+        learning_curve_png(task)
+    readme.write_text(head + begin + "\n" + data_card(previous, tasks) + end + tail)
 
 
 def main() -> None:
@@ -381,12 +424,15 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     parser.add_argument("--all", action="store_true", help="every MPE task x tier into the cache")
     parser.add_argument("--measure-references", action="store_true", help="measure R_random/R_expert per task")
-    parser.add_argument("--card", action="store_true", help="rewrite the tables in datasets/README.md")
+    parser.add_argument("--card", action="store_true", help="rewrite the tables in datasets/README.md (and the "
+                        "learning-curve PNGs of the MATD3 runs)")
+    parser.add_argument("--card-tasks", nargs="+", default=list(TIER_EPISODES),
+                        help="with --card: refresh only these tasks' rows, keeping the others as the card has them")
     args = parser.parse_args()
     if args.measure_references:
         print(json.dumps(measure_references(), indent=2))
     elif args.card:
-        write_card()
+        write_card(tasks=tuple(args.card_tasks))
     elif args.all:
         for task in TIER_EPISODES:
             for tier in MPE_TIERS:

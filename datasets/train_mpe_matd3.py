@@ -320,6 +320,7 @@ def main(args: Args) -> None:
             tqdm.write(f"step {step + 1}: noise-free normalized score {entry['normalized_score']:.1f} "
                        f"(return {entry['eval_return_mean']:.2f} ± {entry['eval_return_std']:.2f}), "
                        f"{entry['wall_s']:.0f} s, {(step + 1) / (time.time() - start):.0f} steps/s")
+            sys.stdout.flush()  # the line reaches a log file as it happens (nohup ... > log)
             # the buffer so far, saved each time so that a run cut short still leaves its replay data
             if replay_out is not None:
                 replay_out.parent.mkdir(parents=True, exist_ok=True)

@@ -344,8 +344,9 @@ def learning_curve_png(task: str) -> pathlib.Path:
     ax.axhline(MEDIUM_TARGET_SCORE, color="grey", lw=0.8, ls=":")
     ax.axvline(replay_end_step(task), color="tab:green", lw=0.8, ls="--", label="medium-replay ends")
     ax.plot([medium["step"]], [medium["normalized_score"]], "o", color="tab:red", label="medium checkpoint")
-    ax.set(xlabel="env steps", ylabel="normalized score",
-           title=f"MATD3 on {task}, seed {log['args']['seed']} ({log['wall_s'] / 60:.0f} min, 2-core CPU, shared)")
+    ax.set(xlabel="env steps", ylabel="normalized score")
+    ax.set_title(f"MATD3 on {task}, seed {log['args']['seed']}: {log['wall_s'] / 60:.0f} min on a shared 2-core CPU",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = LEARNED_POLICY_DIRS[task] / "learning_curve.png"
@@ -354,30 +355,28 @@ def learning_curve_png(task: str) -> pathlib.Path:
     return out
 
 
-def data_card(previous: str = "", tasks=tuple(TIER_EPISODES)) -> str:
-    """Markdown tables of every cached dataset's metadata (and spread's measured assignments), for the
-    tasks in `tasks`; the rows of the other tasks are kept from `previous` (the card as it stands)."""
+def data_card(previous: str = "") -> str:
+    """Markdown tables of every cached dataset's metadata (and spread's measured assignments). A dataset
+    not in the cache keeps its rows from `previous` (the card as it stands), so a card can be refreshed
+    after remaking only some tiers."""
     previous_lines = previous.splitlines()
-
     rows = ["| task | tier | transitions | episodes | return mean ± std | normalized score of the data |",
             "|---|---|---|---|---|---|"]
     shares = []
     for task in TIER_EPISODES:
-        if task not in tasks:
-            rows += [line for line in previous_lines if line.startswith(tuple(f"| {task} | {t} |" for t in MPE_TIERS))]
-            shares += [line for line in previous_lines if line.startswith(f"| {task} ") and line.count("|") == 3]
-            continue
         for tier in MPE_TIERS:
             path = osd_common.dataset_path(task, tier)
             if not path.exists():
-                rows.append(f"| {task} | {tier} | not generated | | | |")
+                row = [line for line in previous_lines if line.startswith(f"| {task} | {tier} |")]
+                rows += row or [f"| {task} | {tier} | not generated | | | |"]
+                shares += [line for line in previous_lines if line.startswith(f"| {task} {tier}, ")]
                 continue
             data = osd_common.load_dataset(path)
             m = data.meta
             rows.append(f"| {task} | {tier} | {m['transitions']:,} | {m['episodes']:,} | "
                         f"{m['return_mean']:.2f} ± {m['return_std']:.2f} | {m['normalized_score']:.1f} |")
-            if task == "mpe/simple_spread" and tier in ("expert", "medium", "mixed", "balanced", "mixed-balanced",
-                                                        "mixed-expert-noisy"):
+            if task == "mpe/simple_spread" and tier in ("expert", "medium", "medium-replay", "mixed", "balanced",
+                                                        "mixed-balanced", "mixed-expert-noisy"):
                 measured = spread_assignment_shares(data)
                 shares.append(f"| {task} {tier}, nearest landmark per agent at the last step (measured) | " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in
                                                         sorted(measured.items(), key=lambda kv: -kv[1])) + " |")
@@ -401,7 +400,7 @@ def data_card(previous: str = "", tasks=tuple(TIER_EPISODES)) -> str:
             + "\n\n| dataset | multimodality |\n|---|---|\n" + "\n".join(shares) + "\n")
 
 
-def write_card(readme: pathlib.Path = HERE / "README.md", tasks=tuple(TIER_EPISODES)) -> None:
+def write_card(readme: pathlib.Path = HERE / "README.md") -> None:
     begin, end = "<!-- card:begin -->", "<!-- card:end -->"
     text = readme.read_text()
     if begin not in text or end not in text:
@@ -410,7 +409,7 @@ def write_card(readme: pathlib.Path = HERE / "README.md", tasks=tuple(TIER_EPISO
     previous, tail = rest.split(end, 1)
     for task in LEARNED_POLICY_DIRS:
         learning_curve_png(task)
-    readme.write_text(head + begin + "\n" + data_card(previous, tasks) + end + tail)
+    readme.write_text(head + begin + "\n" + data_card(previous) + end + tail)
 
 
 def main() -> None:
@@ -424,15 +423,13 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     parser.add_argument("--all", action="store_true", help="every MPE task x tier into the cache")
     parser.add_argument("--measure-references", action="store_true", help="measure R_random/R_expert per task")
-    parser.add_argument("--card", action="store_true", help="rewrite the tables in datasets/README.md (and the "
-                        "learning-curve PNGs of the MATD3 runs)")
-    parser.add_argument("--card-tasks", nargs="+", default=list(TIER_EPISODES),
-                        help="with --card: refresh only these tasks' rows, keeping the others as the card has them")
+    parser.add_argument("--card", action="store_true", help="rewrite the tables in datasets/README.md from the "
+                        "cached files (rows of files not in the cache are kept) and the MATD3 learning-curve PNGs")
     args = parser.parse_args()
     if args.measure_references:
         print(json.dumps(measure_references(), indent=2))
     elif args.card:
-        write_card(tasks=tuple(args.card_tasks))
+        write_card()
     elif args.all:
         for task in TIER_EPISODES:
             for tier in MPE_TIERS:

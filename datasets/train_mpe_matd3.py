@@ -1,9 +1,10 @@
 """Train a team online with MATD3 on an MPE task, for the learned `medium` / `medium-replay` tiers.
 
-    python datasets/train_mpe_matd3.py --task mpe/simple_spread            # the reference run (datasets/README.md)
+    python datasets/train_mpe_matd3.py --task mpe/simple_spread            # the committed run, which was stopped
+                                                                           # after 40k steps (datasets/README.md)
     python datasets/train_mpe_matd3.py --total-timesteps 2000 --learning-starts 500 --policy-dir /tmp/matd3_smoke \
         --replay-out /tmp/matd3_smoke/replay.npz                             # a smoke test
-    python datasets/train_mpe_matd3.py --task mpe/simple_spread --total-timesteps 60000 \
+    python datasets/train_mpe_matd3.py --task mpe/simple_spread --total-timesteps 40000 \
         --policy-dir /tmp/matd3_rerun                                        # remake only the replay cache
 
 MATD3 (TD3 for several agents): one deterministic actor per agent that reads only that agent's own
@@ -22,7 +23,7 @@ steps (tests/test_train_mpe_matd3.py checks the determinism on a short run).
 
 What it writes:
 * `--policy-dir` (default `datasets/policies/<scenario>-matd3/`, committed): the actors' state_dicts
-  every `--eval-every` env steps (`actor_step{N:07d}.pt`, a few tens of kB each), and `training_log.json`
+  every `--eval-every` env steps (`actor_step{N:07d}.pt`, 75 kB each on spread), and `training_log.json`
   (the settings, and per evaluation: env step, noise-free return mean/std and normalized score over
   `--eval-episodes` episodes, wall time).
 * `--replay-out` (default `datasets/cache/<task>/matd3_replay.npz`, git-ignored): every transition in

@@ -19,7 +19,7 @@ import train_mpe_matd3  # noqa: E402
 
 
 def _tiny_run(folder: pathlib.Path, **overrides) -> train_mpe_matd3.Args:
-    args = train_mpe_matd3.Args(total_timesteps=300, learning_starts=100, eval_every=150, eval_episodes=2,
+    args = train_mpe_matd3.Args(total_timesteps=200, learning_starts=100, eval_every=100, eval_episodes=2,
                                 batch_size=32, policy_dir=str(folder), replay_out=str(folder / "replay.npz"),
                                 progress=False, **overrides)
     train_mpe_matd3.main(args)
@@ -29,13 +29,13 @@ def _tiny_run(folder: pathlib.Path, **overrides) -> train_mpe_matd3.Args:
 def test_trainer_writes_checkpoints_log_and_replay_refuses_overwrite_and_repeats(tmp_path):
     _tiny_run(tmp_path / "a")
     log = json.loads((tmp_path / "a" / "training_log.json").read_text())
-    assert [e["step"] for e in log["evaluations"]] == [150, 300]
+    assert [e["step"] for e in log["evaluations"]] == [100, 200]
     assert all(np.isfinite(e["normalized_score"]) for e in log["evaluations"])
-    assert log["evaluations"][-1]["updates"] == 100  # one critic update every 2 env steps after the warm-up
-    team = train_mpe_matd3.load_team(tmp_path / "a" / "actor_step0000300.pt")
+    assert log["evaluations"][-1]["updates"] == 50  # one critic update every 2 env steps after the warm-up
+    team = train_mpe_matd3.load_team(tmp_path / "a" / "actor_step0000200.pt")
     assert [a.net[0].in_features for a in team.actors] == [18, 18, 18]
     with np.load(tmp_path / "a" / "replay.npz") as replay:
-        assert replay["observations"].shape == (300, 54) and replay["actions"].shape == (300, 15)
+        assert replay["observations"].shape == (200, 54) and replay["actions"].shape == (200, 15)
         assert (replay["noise_std"][:100] == -1).all() and (replay["noise_std"][100:] == 0.1).all()
         first = {k: replay[k] for k in replay.files}
     # an existing run is never overwritten silently: the error names the file and the flag
@@ -45,8 +45,8 @@ def test_trainer_writes_checkpoints_log_and_replay_refuses_overwrite_and_repeats
     _tiny_run(tmp_path / "b")
     with np.load(tmp_path / "b" / "replay.npz") as replay:
         assert all(np.array_equal(first[k], replay[k]) for k in replay.files)
-    a = torch.load(tmp_path / "a" / "actor_step0000300.pt", weights_only=True)["actors"]
-    b = torch.load(tmp_path / "b" / "actor_step0000300.pt", weights_only=True)["actors"]
+    a = torch.load(tmp_path / "a" / "actor_step0000200.pt", weights_only=True)["actors"]
+    b = torch.load(tmp_path / "b" / "actor_step0000200.pt", weights_only=True)["actors"]
     assert all(torch.equal(a[i][k], b[i][k]) for i in range(3) for k in a[i])
 
 

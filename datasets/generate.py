@@ -121,7 +121,9 @@ def expert_noisy_policy(task: str, convention: int = 0):
 def episode_plan(task: str, tier: str, episodes: int) -> list[tuple[str, object]]:
     """(label, policy) of every episode of a rolled-out tier, in file order (medium-replay of a learned
     task is the learner's buffer instead: replay_arrays)."""
-    if tier == "medium-replay" and task not in LEARNED_POLICY_DIRS:
+    if tier == "medium-replay" and task in LEARNED_POLICY_DIRS:
+        raise ValueError(f"{task} medium-replay is the MATD3 learner's buffer, not rolled out: see replay_arrays")
+    if tier == "medium-replay":
         tier = "expert-noisy-replay"  # stand-in until the task has a MATD3 run
     if tier == "mixed-expert-noisy" or (tier == "mixed" and task not in LEARNED_POLICY_DIRS):
         tier, medium = "mixed", expert_noisy_policy(task)
@@ -362,7 +364,7 @@ def data_card(previous: str = "") -> str:
     previous_lines = previous.splitlines()
     rows = ["| task | tier | transitions | episodes | return mean ± std | normalized score of the data |",
             "|---|---|---|---|---|---|"]
-    shares = []
+    shares, hashes = [], ["| dataset | sha256 of the arrays |", "|---|---|"]
     for task in TIER_EPISODES:
         for tier in MPE_TIERS:
             path = osd_common.dataset_path(task, tier)
@@ -370,9 +372,11 @@ def data_card(previous: str = "") -> str:
                 row = [line for line in previous_lines if line.startswith(f"| {task} | {tier} |")]
                 rows += row or [f"| {task} | {tier} | not generated | | | |"]
                 shares += [line for line in previous_lines if line.startswith(f"| {task} {tier}, ")]
+                hashes += [line for line in previous_lines if line.startswith(f"| {task}/{tier} |")]
                 continue
             data = osd_common.load_dataset(path)
             m = data.meta
+            hashes.append(f"| {task}/{tier} | `{m['sha256']}` |")
             rows.append(f"| {task} | {tier} | {m['transitions']:,} | {m['episodes']:,} | "
                         f"{m['return_mean']:.2f} ± {m['return_std']:.2f} | {m['normalized_score']:.1f} |")
             if task == "mpe/simple_spread" and tier in ("expert", "medium", "medium-replay", "mixed", "balanced",
@@ -397,7 +401,7 @@ def data_card(previous: str = "") -> str:
                     f"{log['evaluations'][-1]['step']:,} | {log['wall_s'] / 60:.0f} min | `{medium['checkpoint']}` "
                     f"({medium['normalized_score']:.1f}) | {replay_end_step(task):,} |")
     return ("\n".join(ref_rows) + "\n\n" + "\n".join(runs) + "\n\n" + "\n".join(rows)
-            + "\n\n| dataset | multimodality |\n|---|---|\n" + "\n".join(shares) + "\n")
+            + "\n\n| dataset | multimodality |\n|---|---|\n" + "\n".join(shares) + "\n\n" + "\n".join(hashes) + "\n")
 
 
 def write_card(readme: pathlib.Path = HERE / "README.md") -> None:

@@ -38,9 +38,12 @@ DATASET_FORMAT_VERSION = 1
 MPE_TASKS = ("mpe/simple_spread", "mpe/simple_tag", "mpe/simple_world_comm")
 MAMUJOCO_TASKS = ("mamujoco/HalfCheetah-2x3",)
 TASKS = MPE_TASKS + MAMUJOCO_TASKS
-# MPE tiers: expert, medium, medium-replay, random, mixed, and the balanced multimodal balanced and
-# mixed-balanced; MaMuJoCo: expert, medium, medium-replay, random, plus medium-expert
-TIERS = ("expert", "medium", "medium-replay", "random", "mixed", "medium-expert", "balanced", "mixed-balanced")
+# MPE tiers: expert, medium, medium-replay, random, mixed, the balanced multimodal balanced and
+# mixed-balanced, and expert-noisy, expert-noisy-replay, mixed-expert-noisy (the scripted expert with random
+# team steps: MPE's medium, medium-replay and mixed until issue 14); MaMuJoCo: expert, medium,
+# medium-replay, random, plus medium-expert
+TIERS = ("expert", "medium", "medium-replay", "random", "mixed", "medium-expert", "balanced", "mixed-balanced",
+         "expert-noisy", "expert-noisy-replay", "mixed-expert-noisy")
 MPE_EPISODE_STEPS = 25
 # OMAR's MPE data (datasets/convert.py omar) comes from OMAR's own modified particle world, with its own
 # rewards and action scaling: not mpe2's. Its tasks are named omar-mpe/<scenario>: they train, but no env

@@ -85,7 +85,7 @@ class Args:
     task: str = "mpe/simple_spread"
     """the task: mpe/simple_spread, mpe/simple_tag or mpe/simple_world_comm"""
     tier: str = "mixed"
-    """the dataset tier: expert, medium, medium-replay, random, mixed, balanced or mixed-balanced"""
+    """the dataset tier: expert, medium, medium-replay, random, mixed, balanced, mixed-balanced, expert-noisy, expert-noisy-replay or mixed-expert-noisy"""
     dataset: str | None = None
     """path to a dataset .npz; overrides --task/--tier (the task is read from the dataset)"""
     build_dataset: bool = True
@@ -149,8 +149,8 @@ class Args:
     beta: float | None = None
     """weight of the Q-gradient term in (5.2): small beta = strong behavior regularization (with
     --q-normalization batch or sample the Q push has unit RMS per action entry); default per tier,
-    BETA_BY_TIER: 0.01 on mixed (chosen on seed 1, docs/osd_mpe_notes.md §8), balanced and
-    mixed-balanced, 0.3 on every other tier and on your own data"""
+    BETA_BY_TIER: 0.01 on mixed-expert-noisy (the MPE mixed it was chosen on, seed 1, docs/osd_mpe_notes.md
+    §8), mixed, balanced and mixed-balanced, 0.3 on every other tier and on your own data"""
     q_normalization: Literal["batch", "sample", "none"] = "batch"
     """how the Q gradient g of (5.2) is scaled before beta multiplies it (§5): batch divides each agent's g
     by its RMS over the batch and the agent's action dims, making beta scale-free; sample divides each
@@ -200,7 +200,7 @@ PRESETS = {
 # docs/osd_mpe_notes.md §8: on spread `mixed` (default budget, seed 1, the same phase 1 for each value)
 # sequential scored 81 with beta 0.3 and 88-90 with 0.01; the other multimodal tiers take mixed's value
 # (§12); the remaining tiers keep 0.3 until they are measured.
-BETA_BY_TIER = {"mixed": 0.01, "balanced": 0.01, "mixed-balanced": 0.01}
+BETA_BY_TIER = {"mixed": 0.01, "balanced": 0.01, "mixed-balanced": 0.01, "mixed-expert-noisy": 0.01}
 DEFAULT_BETA = 0.3
 
 

@@ -72,7 +72,7 @@ class Args:
     task: str = "mpe/simple_spread"
     """the task: mpe/simple_spread, mpe/simple_tag, mpe/simple_world_comm or mamujoco/HalfCheetah-2x3"""
     tier: str = "mixed"
-    """the dataset tier: expert, medium, medium-replay, random, mixed, balanced or mixed-balanced (MPE), or a MaMuJoCo tier"""
+    """the dataset tier: expert, medium, medium-replay, random, mixed, balanced, mixed-balanced, expert-noisy, expert-noisy-replay or mixed-expert-noisy (MPE), or a MaMuJoCo tier"""
     dataset: str | None = None
     """path to a dataset .npz; overrides --task/--tier (the task is read from the dataset)"""
     build_dataset: bool = False

@@ -1,4 +1,5 @@
-"""Scripted behavior policies of the controlled teams, one family per MPE task.
+"""Behavior policies of the controlled MPE teams: scripted conventions, one family per task, and the
+MATD3 teams trained online (MATD3Team, the learned `medium` tier's behavior).
 
 Why scripted, not trained online (see datasets/README.md): each policy follows an explicit *convention*
 (which agent covers which landmark, which predator takes which side of the prey, which pair of
@@ -11,7 +12,8 @@ A policy reads the env's world (positions and velocities of every entity) and re
 controlled agent in the osd convention, [-1, 1] per dimension (osd_common maps it to mpe2's [0, 1]).
 `noise_std` adds Gaussian noise to every action, as OMAR added exploration noise for diversity, and
 `random_prob` replaces the whole team's action by a uniform random one at a step with that probability:
-that is how the medium tier is made from an expert convention.
+that is how the `expert-noisy` tiers are made from an expert convention. Every policy is called as
+`policy(env, rng, obs)`; the scripted ones read the world and ignore `obs`.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class ScriptedTeam:
             return actions
         raise ValueError(f"no scripted behavior policy for task {self.task!r}")
 
-    def __call__(self, env, rng: np.random.Generator) -> list[np.ndarray]:
+    def __call__(self, env, rng: np.random.Generator, obs=None) -> list[np.ndarray]:
         if self.random_prob > 0 and rng.random() < self.random_prob:
             return [rng.uniform(-1.0, 1.0, d).astype(np.float32) for d in env.act_dims]
         actions = self.clean_actions(env)
@@ -102,5 +104,33 @@ class UniformRandomTeam:
 
     policy_id = "uniform-random"
 
-    def __call__(self, env, rng: np.random.Generator) -> list[np.ndarray]:
+    def __call__(self, env, rng: np.random.Generator, obs=None) -> list[np.ndarray]:
         return [rng.uniform(-1.0, 1.0, d).astype(np.float32) for d in env.act_dims]
+
+
+class MATD3Team:
+    """A team trained online with MATD3 (datasets/train_mpe_matd3.py): each agent's actor on its own
+    observation `obs[i]`, plus Gaussian action noise as the scripted experts have. torch is imported only
+    here, so the scripted tiers do not need it."""
+
+    def __init__(self, checkpoint, noise_std: float = 0.0):
+        import pathlib
+
+        import torch
+        from train_mpe_matd3 import load_team
+
+        torch.set_num_threads(1)  # the same actions on any machine size, and polite on a shared one
+        self.checkpoint, self.noise_std = pathlib.Path(checkpoint), noise_std
+        self.team, self._torch = load_team(self.checkpoint), torch
+
+    @property
+    def policy_id(self) -> str:
+        return f"matd3:{self.checkpoint.parent.name}/{self.checkpoint.name}:noise{self.noise_std:g}"
+
+    def __call__(self, env, rng: np.random.Generator, obs=None) -> list[np.ndarray]:
+        with self._torch.no_grad():
+            actions = [actor(self._torch.as_tensor(o, dtype=self._torch.float32)[None])[0].numpy()
+                       for actor, o in zip(self.team.actors, obs)]
+        if self.noise_std > 0:
+            actions = [a + self.noise_std * rng.standard_normal(a.shape) for a in actions]
+        return [np.clip(a, -1.0, 1.0).astype(np.float32) for a in actions]

@@ -235,12 +235,12 @@ def test_scripted_conventions_are_distinct_modes():
 
 def test_balanced_tiers_hold_every_convention_in_equal_shares(tmp_path):
     """`balanced`: the three expert conventions in equal numbers, interleaved, nothing else;
-    `mixed-balanced`: a fifth each of experts 0, 1, 2, medium (cycling the conventions) and random."""
+    `mixed-balanced`: a fifth each of experts 0, 1, 2, expert-noisy (cycling the conventions) and random."""
     plan = [label for label, _ in generate.episode_plan("mpe/simple_spread", "balanced", 9)]
     assert plan == ["expert-convention0", "expert-convention1", "expert-convention2"] * 3
     counts = collections.Counter(label for label, _ in generate.episode_plan("mpe/simple_spread", "mixed-balanced", 15))
     assert counts == {"expert-convention0": 3, "expert-convention1": 3, "expert-convention2": 3, "random": 3,
-                      "medium-convention0": 1, "medium-convention1": 1, "medium-convention2": 1}
+                      "expert-noisy-convention0": 1, "expert-noisy-convention1": 1, "expert-noisy-convention2": 1}
     with pytest.raises(ValueError, match="equal conventions"):
         generate.episode_plan("mpe/simple_spread", "balanced", 10)
     data = osd_common.load_dataset(_small_dataset(tmp_path / "balanced.npz", episodes=30, tier="balanced"))

@@ -78,8 +78,16 @@ def assignment(observations: list[np.ndarray]) -> str:
     return "".join(map(str, nearest)) if len(set(nearest)) == 3 else "overlap"
 
 
-def rollout_assignments(act_fn, meta: dict, episodes: int) -> dict:
-    """Roll out `episodes` episodes; the share of each final assignment and the normalized score."""
+def rollout_assignments(act_fn, meta: dict, episodes: int, action_noise: float = 0.0) -> dict:
+    """Roll out `episodes` episodes; the share of each final assignment and the normalized score.
+    With `action_noise`, Gaussian noise of that std is added to every action (clipped to [-1, 1]): do
+    deterministic actors that block each other recover when their symmetry is broken?"""
+    if action_noise > 0:
+        rng, deterministic = np.random.default_rng(0), act_fn
+
+        def act_fn(observations):
+            return [np.clip(a + action_noise * rng.standard_normal(a.shape), -1.0, 1.0).astype(np.float32)
+                    for a in deterministic(observations)]
     env = osd_common.make_env(TASK)
     labels, returns = [], []
     for episode in range(episodes):
@@ -107,6 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--records", type=pathlib.Path, required=True, help="a folder of run records")
     parser.add_argument("--tier", default="mixed", choices=osd_common.TIERS, help="the spread tier to look at")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per checkpoint")
+    parser.add_argument("--action-noise", type=float, default=0.0,
+                        help="std of Gaussian noise added to every action at execution (0: none)")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write every run's result here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -123,7 +133,7 @@ def main(argv=None) -> int:
             print(f"spread_coordination: {path.name}: checkpoint {checkpoint!r} is not on this machine; skipped")
             continue
         act_fn, meta = load_act_fn(record["algorithm"], checkpoint)
-        result = rollout_assignments(act_fn, meta, args.episodes)
+        result = rollout_assignments(act_fn, meta, args.episodes, args.action_noise)
         result.update(algorithm=record["algorithm"], seed=record["seed"], record=str(path))
         results[record["algorithm"]].append(result)
         print(f"{path.name}: overlap {result['overlap']:.0%}, normalized score {result['normalized_score']:.1f}, "

@@ -13,6 +13,7 @@ write records whole, then rename them: a record on disk is always complete). The
     python benchmarks/grid.py --budget short --algos omsd omsd-beta0 matd3-bc bc --tasks mamujoco/HalfCheetah-2x3 \\
         --tiers random medium medium-replay expert medium-expert --seeds 1 2 3 --workers 2
     python benchmarks/grid.py --submitit --slurm-partition <p> --workers 50 # the same command lines on Slurm
+    python benchmarks/grid.py --submitit --submitit-cluster local ...      # through submitit on this machine
 
 Budgets are BUDGETS below, the configuration of the reference runs; `smoke` runs land in
 benchmarks/records/smoke/ so they never mix with `default` runs in the report.
@@ -198,31 +199,44 @@ def run_local(runs: list[dict], workers: int, logs_dir: pathlib.Path, nice: int 
     return failed
 
 
-def run_submitit(runs: list[dict], args) -> None:
-    """Hand the same command lines to Slurm as one job array (submitit is optional)."""
+def run_submitit(runs: list[dict], args) -> list[str]:
+    """Hand the same command lines to submitit: a Slurm job array, or with `--submitit-cluster local`
+    processes on this machine through submitit's LocalExecutor (the same engine path, no cluster; the
+    grid then waits for them). Returns the names of the runs whose job failed (local only)."""
     try:
         import submitit
     except ImportError:
-        raise SystemExit("grid: --submitit needs the `submitit` package, which is optional and not in "
-                         "requirements.txt: `pip install submitit`, or run locally without --submitit") from None
-    folder = args.records_dir / "slurm" / "%j"
-    executor = submitit.AutoExecutor(folder=folder)
-    parameters = dict(name="osd-grid", timeout_min=args.timeout_min, cpus_per_task=args.torch_threads or 1,
-                      slurm_array_parallelism=args.workers)
-    if args.slurm_partition:
-        parameters["slurm_partition"] = args.slurm_partition
-    if args.slurm_gpus:
-        parameters["gpus_per_node"] = args.slurm_gpus
+        raise SystemExit("grid: --submitit needs the `submitit` package (in requirements.txt): "
+                         "`pip install -r requirements.txt`, or run locally without --submitit") from None
+    folder = args.records_dir / "submitit" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster=args.submitit_cluster)
+    parameters = dict(name="osd-grid", timeout_min=args.timeout_min, cpus_per_task=args.torch_threads or 1)
+    if args.submitit_cluster == "slurm":
+        parameters["slurm_array_parallelism"] = args.workers
+        if args.slurm_partition:
+            parameters["slurm_partition"] = args.slurm_partition
+        if args.slurm_gpus:
+            parameters["gpus_per_node"] = args.slurm_gpus
     executor.update_parameters(**parameters)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     jobs = []
     with executor.batch():
         for run in runs:
             jobs.append(executor.submit(submitit.helpers.CommandFunction(run["command"], cwd=str(REPO), env=env)))
-    print(f"grid: submitted {len(jobs)} jobs to {executor.cluster} (logs in {args.records_dir / 'slurm'})")
+    print(f"grid: submitted {len(jobs)} jobs to {executor.cluster} (logs in {args.records_dir / 'submitit'})")
     for job, run in zip(jobs, runs):
         print(f"  {job.job_id}  {run['name']}")
-    print("rerun this command after they finish: runs with a record are skipped, failed ones are resubmitted")
+    if args.submitit_cluster == "slurm":
+        print("rerun this command after they finish: runs with a record are skipped, failed ones are resubmitted")
+        return []
+    failed = []
+    for job, run in zip(jobs, runs):  # local: wait, so the command ends when its runs do
+        try:
+            job.result()
+        except Exception as error:  # submitit re-raises the run's failure; its log is in the job folder
+            print(f"grid: {run['name']} failed ({type(error).__name__}); log: {job.paths.stderr}")
+            failed.append(run["name"])
+    return failed
 
 
 def write_manifest(records_dir: pathlib.Path, entry: dict) -> None:
@@ -275,7 +289,10 @@ def parse_args(argv=None):
     parser.add_argument("--python", default=None, help="interpreter of the runs (default: this one)")
     parser.add_argument("--extra", default="", help="more flags for every run, as one quoted string")
     parser.add_argument("--dry-run", action="store_true", help="print the command lines of the runs to do, run nothing")
-    parser.add_argument("--submitit", action="store_true", help="submit the runs to Slurm with submitit")
+    parser.add_argument("--submitit", action="store_true", help="hand the runs to submitit (Slurm by default)")
+    parser.add_argument("--submitit-cluster", default="slurm", choices=("slurm", "local"),
+                        help="with --submitit: a Slurm job array, or local processes through submitit's "
+                             "LocalExecutor (waits for them)")
     parser.add_argument("--slurm-partition", default=None, help="with --submitit: the Slurm partition")
     parser.add_argument("--slurm-gpus", type=int, default=0, help="with --submitit: GPUs per job")
     parser.add_argument("--timeout-min", type=int, default=240, help="with --submitit: time limit of each job")
@@ -320,8 +337,8 @@ def main(argv=None) -> int:
         "machine": osd_common.machine_info(),
     })
     if args.submitit:
-        run_submitit(todo, args)
-        return 0
+        failed = run_submitit(todo, args)
+        return 1 if failed else 0
     start = time.time()
     failed = run_local(todo, args.workers, args.records_dir / "logs", args.nice)
     print(f"grid: {len(todo) - len(failed)} of {len(todo)} runs finished in {(time.time() - start) / 60:.1f} min"

@@ -163,7 +163,6 @@ def build_networks(meta: dict, args: Args, device) -> dict[str, nn.Module]:
 if __name__ == "__main__":
     wall_start = time.time()
     args = osd_common.resolve_budgets(PROGRAM, tyro.cli(Args), PRESETS)
-
     device = osd_common.seed_and_device(PROGRAM, args)
     if args.eval_only:  # the checkpoint's actors, rebuilt with its own Args, evaluated with its own seed
         osd_common.run_eval_only(PROGRAM, args, device, Args, build_networks, algorithm=ALGORITHM)
@@ -188,7 +187,6 @@ if __name__ == "__main__":
     args.task, args.tier = meta["task"], meta.get("tier", args.tier)
     if args.final_eval_episodes is None:
         args.final_eval_episodes = osd_common.default_final_eval_episodes(args.task)
-    n_agents, obs_dims, act_dims = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"])
     # the env follows the data (its agent_obsk); OMAR's MPE data trains without evaluation
     evaluable = osd_common.check_env_fits_data("bc", data, args.task, args.record is not None)
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"

@@ -252,7 +252,6 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 if __name__ == "__main__":
     wall_start = time.time()
     args = osd_common.resolve_budgets(PROGRAM, tyro.cli(Args), PRESETS)
-
     device = osd_common.seed_and_device(PROGRAM, args)
     if args.eval_only:  # the checkpoint's actors, rebuilt with its own Args, evaluated with its own seed
         osd_common.run_eval_only(PROGRAM, args, device, Args, build_networks, algorithm=ALGORITHM)
@@ -277,7 +276,6 @@ if __name__ == "__main__":
     args.task, args.tier = meta["task"], meta.get("tier", args.tier)
     if args.final_eval_episodes is None:
         args.final_eval_episodes = osd_common.default_final_eval_episodes(args.task)
-    n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]
     # the env follows the data (its agent_obsk); OMAR's MPE data trains without evaluation
     evaluable = osd_common.check_env_fits_data("matd3_bc", data, args.task, args.record is not None)
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"

@@ -24,10 +24,17 @@ import json
 import math
 import os
 import pathlib
+import platform
+import random
+import shlex
+import subprocess
+import sys
 import warnings
+from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
+import torch
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent
 # Generated datasets live in a git-ignored cache; OSD_DATA_DIR moves it (e.g. to a shared disk).
@@ -304,13 +311,17 @@ def check_env_fits_data(program: str, data, task: str, record: bool) -> bool:
         print(f"{program}: {task} is OMAR's particle world, not built here: training without evaluation")
         return False
     agent_obsk = dataset_agent_obsk(meta)
-    env = make_env(task, agent_obsk=agent_obsk)
-    sizes = (list(env.obs_dims), list(env.act_dims))
+    try:
+        env = make_env(task, agent_obsk=agent_obsk)
+    except Exception as error:  # an unknown MaMuJoCo scenario or split: gymnasium_robotics raises plain exceptions
+        raise SystemExit(f"{program}: --task {task!r} (of dataset {data.path}) cannot be built by gymnasium_robotics "
+                         f"({type(error).__name__}: {error})") from None
+    sizes = (list(env.obs_dims), list(env.act_dims), env.state_dim)
     env.close()
-    if sizes != (list(meta["obs_dims"]), list(meta["act_dims"])):
+    if sizes != (list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]):
         raise SystemExit(f"{program}: dataset {data.path} has obs dims {list(meta['obs_dims'])} / action dims "
-                         f"{list(meta['act_dims'])}, but the {task} env (agent_obsk={agent_obsk}) has {sizes[0]} / "
-                         f"{sizes[1]}")
+                         f"{list(meta['act_dims'])} / state dim {meta['state_dim']}, but the {task} env "
+                         f"(agent_obsk={agent_obsk}, from the dataset) has {sizes[0]} / {sizes[1]} / {sizes[2]}")
     if meta.get("references") == "unknown":
         print(f"{program}: {task} has no reference returns here: every 'normalized score' below is the return")
     return True
@@ -603,6 +614,253 @@ def evaluate(act_fn: Callable[[list[np.ndarray]], list[np.ndarray]], task: str, 
 
 
 # ---------------------------------------------------------------------------------------------------
+# Training-script glue: what osd_mpe.py, osd_mamujoco.py and the baselines share that is not an algorithm.
+# `program` names the script in every message.
+# ---------------------------------------------------------------------------------------------------
+# the smallest value each flag accepts (resolve_budgets); every other budget must be at least 1
+FLAG_MINIMUMS = {"seed": 0, "pretrain_steps": 0, "critic_steps": 0, "beta": 0}
+# --capture-video: (every how many env steps a frame is kept, image scale) per task family. HalfCheetah
+# steps 0.05 s, so every 2nd frame at 10 fps plays in real time; MuJoCo renders on the CPU at ~0.1 s a frame.
+VIDEO_SETTINGS = {"mpe/": (1, 1.0), "mamujoco/": (2, 0.5)}
+
+
+def resolve_budgets(program: str, args, presets: dict):
+    """Fill every budget left at None from `presets[args.preset]` (flags given explicitly win), then stop
+    with the flag named when a value is below its minimum (FLAG_MINIMUMS, else 1): a clear error, not a
+    numpy traceback (negative seed) or a division by zero later."""
+    for name, value in presets[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in dict.fromkeys([*presets[args.preset], "final_eval_episodes", *FLAG_MINIMUMS]):
+        value, low = getattr(args, name, None), FLAG_MINIMUMS.get(name, 1)
+        if value is not None and value < low:
+            raise SystemExit(f"{program}: --{name.replace('_', '-')} is {value}; it must be at least {low}")
+    return args
+
+
+def seed_and_device(program: str, args) -> torch.device:
+    """Seed python, numpy and torch with --seed, set --torch-threads, and pick --device."""
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    return pick_device(program, args.device)
+
+
+def pick_device(program: str, choice: str) -> torch.device:
+    """--device: auto picks cuda when torch sees one; cuda without one is a clear error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{program}: --device cuda was asked for, but torch sees no CUDA device "
+                         f"(torch {torch.__version__}). Use --device cpu or --device auto.")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def check_finite(program: str, losses: dict[str, float], step: int, phase: str | None = None,
+                 fix: str = "lower the learning rates") -> None:
+    """Stop the run with a clear message if any loss is NaN or infinite (checked when losses are logged:
+    a NaN spreads to the weights, so the logged loss stays NaN from then on)."""
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            raise SystemExit(
+                f"{program}: loss '{name}' is {value} at {phase + ' ' if phase else ''}step {step}. Training stopped "
+                "(losses are checked when logged, every --log-every steps). Check the dataset for huge or "
+                f"non-finite values, or {fix}."
+            )
+
+
+class Normalizer:
+    """Standardization with dataset statistics; dimensions with (near) zero spread are left centered."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.where(np.asarray(std) < 1e-6, 1.0, std).astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+
+def make_act_fn(actors: torch.nn.ModuleList, obs_normalizer: Normalizer, device) -> Callable:
+    """Decentralized execution: agent i's action from its own raw observation only."""
+
+    @torch.no_grad()
+    def act(observations: list[np.ndarray]) -> list[np.ndarray]:
+        actions = []
+        for i, (actor, obs) in enumerate(zip(actors, observations)):
+            normalized = (obs - obs_normalizer.mean[i, : len(obs)]) / obs_normalizer.std[i, : len(obs)]
+            obs_tensor = torch.as_tensor(normalized, dtype=torch.float32, device=device)[None]
+            actions.append(actor(obs_tensor)[0].cpu().numpy())
+        return actions
+
+    return act
+
+
+def evaluate_actors(actors: torch.nn.ModuleList, obs_normalizer: Normalizer, device, episodes: int, seed: int,
+                    meta: dict) -> dict:
+    """`evaluate` of the actors on the env of the data (meta's task and agent_obsk), in eval mode."""
+    actors.eval()
+    result = evaluate(make_act_fn(actors, obs_normalizer, device), meta["task"], episodes=episodes, seed=seed,
+                      ref_random=meta.get("ref_random"), ref_expert=meta.get("ref_expert"),
+                      agent_obsk=dataset_agent_obsk(meta))
+    actors.train()
+    return result
+
+
+def render_episode(program: str, act_fn: Callable, task: str, seed: int, agent_obsk: int = 0,
+                   frame_skip: int | None = None) -> list[np.ndarray]:
+    """One decentralized episode (reset with `seed`, as evaluation's first episode), rendered off-screen
+    every `frame_skip`-th step (VIDEO_SETTINGS by default)."""
+    if frame_skip is None:
+        frame_skip = next(skip for prefix, (skip, _) in VIDEO_SETTINGS.items() if task.startswith(prefix))
+    if task.startswith("mamujoco/"):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # read when mujoco is first imported, in make_env
+    try:
+        env = make_env(task, render_mode="rgb_array", agent_obsk=agent_obsk)
+        obs, _ = env.reset(seed=seed)
+        frames, done, t = [env.render()], False, 0
+        while not done:
+            obs, _, _, terminated, truncated = env.step(act_fn(obs))
+            done, t = terminated or truncated, t + 1
+            if t % frame_skip == 0 or done:
+                frames.append(env.render())
+        env.close()
+    except Exception as error:  # OpenGL missing or misconfigured: say how to fix it, without a traceback
+        raise SystemExit(f"{program}: --capture-video could not render {task} with MUJOCO_GL="
+                         f"{os.environ.get('MUJOCO_GL')!r} ({type(error).__name__}: {error}). Headless machines "
+                         "need MUJOCO_GL=egl (GPU or mesa EGL) or MUJOCO_GL=osmesa (with libOSMesa installed).")
+    return frames
+
+
+def save_gif(frames: list[np.ndarray], path: str, fps: int = 10, scale: float = 1.0) -> None:
+    """Write rgb frames as an animated GIF with pillow (installed with matplotlib), resized by `scale`."""
+    from PIL import Image  # only --capture-video needs pillow
+
+    images = [Image.fromarray(np.asarray(frame, dtype=np.uint8)) for frame in frames]
+    if scale != 1.0:
+        size = (max(1, int(images[0].width * scale)), max(1, int(images[0].height * scale)))
+        images = [image.resize(size) for image in images]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+CHECKPOINT_META_KEYS = ("task", "tier", "n_agents", "obs_dims", "act_dims", "state_dim", "ref_random", "ref_expert",
+                        "references", "agent_obsk", "sha256")
+
+
+def save_checkpoint(args, run_name: str, nets: dict, normalizers: dict[str, Normalizer], meta: dict, **extra) -> str:
+    """<--checkpoint-dir>/<run_name>.pt: every network's state dict, the normalizers' statistics (obs_mean,
+    obs_std, state_mean, ...), the Args, the dataset's meta and `extra` (scores, the algorithm's name)."""
+    os.makedirs(args.checkpoint_dir, exist_ok=True)
+    path = os.path.join(args.checkpoint_dir, f"{run_name}.pt")
+    statistics = {f"{name}_{stat}": getattr(normalizer, stat)
+                  for name, normalizer in normalizers.items() for stat in ("mean", "std")}
+    torch.save({**{name: net.state_dict() for name, net in nets.items()}, "normalizers": statistics,
+                "args": dataclasses.asdict(args), "meta": {key: meta[key] for key in CHECKPOINT_META_KEYS if key in meta},
+                **extra}, path)
+    print(f"saved checkpoint {path}")
+    return path
+
+
+def checkpoint_args(args_class, saved: dict):
+    """The Args (an `args_class`) a checkpoint was trained with. OMSD checkpoints written before
+    --q-normalization replaced the boolean --normalize-q hold normalize_q: True is batch, False is none."""
+    saved = dict(saved)
+    if "normalize_q" in saved:
+        saved["q_normalization"] = "batch" if saved.pop("normalize_q") else "none"
+    return args_class(**saved)
+
+
+def omsd_algorithm_name(args) -> str:
+    """An OMSD run record's algorithm: omsd, or omsd-independent for the ablation, with -beta0 added when
+    beta is 0 (no Q term: the behavior regularizer alone), so the name always says what ran."""
+    name = "omsd" if args.decomposition == "sequential" else "omsd-independent"
+    return f"{name}-beta0" if args.beta == 0 else name
+
+
+def hyperparameter_table(args) -> str:
+    """The Args as a markdown table, for TensorBoard's text tab."""
+    return "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in dataclasses.asdict(args).items())
+
+
+def load_training_data(program: str, args, tasks: tuple[str, ...] | None = TASKS):
+    """The dataset of --dataset, or the named dataset of --task/--tier (built on first use unless
+    --no-build-dataset; `tasks` None: the script checked --task and --tier itself); sets args.task and
+    args.tier from the data."""
+    if args.dataset is None and tasks is not None:
+        if args.task not in tasks:
+            raise SystemExit(f"{program}: --task {args.task!r} is not a task of {program}; valid tasks: {', '.join(tasks)}")
+        if args.tier not in TIERS:
+            raise SystemExit(f"{program}: --tier {args.tier!r} is not a tier; valid tiers: {', '.join(TIERS)}")
+    try:
+        data = load_dataset(args.dataset or f"{args.task}/{args.tier}", build_if_missing=args.build_dataset)
+    except DatasetError as error:
+        raise SystemExit(f"{program}: {error}")
+    args.task, args.tier = data.meta["task"], data.meta.get("tier", args.tier)
+    return data
+
+
+def load_pretrained(program: str, path: str, meta: dict, data_path, args, must_match: tuple[str, ...],
+                    device) -> dict:
+    """--pretrained: a checkpoint trained on the same dataset (sha256) with the same `must_match` flags."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"{program}: --pretrained {path!r} does not exist")
+    pretrained = torch.load(path, map_location=device, weights_only=False)
+    if pretrained["meta"].get("sha256") != meta.get("sha256"):
+        raise SystemExit(f"{program}: --pretrained {path} was trained on another dataset "
+                         f"({pretrained['meta'].get('sha256', '?')[:12]}), not {data_path}")
+    differing = [f"--{k.replace('_', '-')} {pretrained['args'][k]}" for k in must_match
+                 if pretrained["args"][k] != getattr(args, k)]
+    if differing:
+        raise SystemExit(f"{program}: --pretrained {path} was trained with {', '.join(differing)}; pass the same flags")
+    return pretrained
+
+
+def run_eval_only(program: str, args, device, args_class, build_networks: Callable, algorithm: str | None = None) -> dict:
+    """--eval-only: rebuild the networks of --checkpoint with the script's `build_networks(meta, saved Args,
+    device)`, load its weights and evaluate its actors without training, over --final-eval-episodes (default:
+    as many as a run's final evaluation) with the checkpoint's own evaluation seed (its --seed + 10,000, not
+    the command line's), so that the run's recorded final score is reproduced. --capture-video saves one
+    episode as videos/<checkpoint name>.gif. `algorithm`: refuse checkpoints of another algorithm."""
+    checkpoint_path, episodes, capture_video = args.checkpoint, args.final_eval_episodes, args.capture_video
+    if checkpoint_path is None:
+        raise SystemExit(f"{program}: --eval-only needs --checkpoint PATH (a .pt written by a training run)")
+    if not os.path.isfile(checkpoint_path):
+        raise SystemExit(f"{program}: checkpoint {checkpoint_path!r} does not exist")
+    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    if algorithm is not None and checkpoint.get("algorithm", algorithm) != algorithm:
+        raise SystemExit(f"{program}: {checkpoint_path} was written by {checkpoint['algorithm']}, not {algorithm}; "
+                         "evaluate it with that algorithm's script")
+    meta = checkpoint["meta"]
+    if capture_video and meta["task"].startswith("mamujoco/"):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # read when mujoco is first imported, by evaluation below
+    if not can_evaluate(meta["task"]):
+        raise SystemExit(f"{program}: {checkpoint_path} was trained on {meta['task']} data, whose env is not built "
+                         "here (OMAR's particle world): it cannot be evaluated")
+    saved_args = checkpoint_args(args_class, checkpoint["args"])
+    nets = build_networks(meta, saved_args, device)
+    for name, net in nets.items():
+        net.load_state_dict(checkpoint[name])
+    obs_normalizer = Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
+    episodes = episodes if episodes is not None else default_final_eval_episodes(meta["task"])
+    seed = saved_args.seed + 10_000  # the evaluation seed of the run that wrote the checkpoint
+    result = evaluate_actors(nets["actors"], obs_normalizer, device, episodes, seed, meta)
+    print(f"eval-only {checkpoint_path}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}, "
+          f"normalized score {result['normalized_score']:.1f} over {episodes} episodes "
+          f"(the checkpoint's seed {saved_args.seed})")
+    if capture_video:
+        frames = render_episode(program, make_act_fn(nets["actors"].eval(), obs_normalizer, device), meta["task"],
+                                seed, dataset_agent_obsk(meta))
+        os.makedirs("videos", exist_ok=True)
+        name = os.path.splitext(os.path.basename(checkpoint_path))[0]
+        scale = next(s for prefix, (_, s) in VIDEO_SETTINGS.items() if meta["task"].startswith(prefix))
+        save_gif(frames, f"videos/{name}.gif", scale=scale)
+        print(f"saved videos/{name}.gif ({len(frames)} frames)")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
 # Run records: one JSON file per finished training run (benchmarks/grid.py writes the grid of them,
 # benchmarks/report.py turns them into docs/results.md). Every algorithm script writes the same schema.
 # ---------------------------------------------------------------------------------------------------
@@ -651,8 +909,6 @@ class RecordError(ValueError):
 def git_commit() -> tuple[str | None, bool | None]:
     """(HEAD commit, whether tracked files other than benchmarks/records differ from it) of the checkout
     this file is in."""
-    import subprocess
-
     def git(*argv):
         return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
 
@@ -669,10 +925,6 @@ def git_commit() -> tuple[str | None, bool | None]:
 
 def machine_info(device=None) -> dict:
     """Where a run ran: OS, Python, CPU count, torch version and threads, device."""
-    import platform
-
-    import torch
-
     device = str(device) if device is not None else "cpu"
     name = platform.processor() or platform.machine()
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -688,10 +940,6 @@ def make_record(*, algorithm: str, args, meta: dict, dataset_path, seed: int, ev
     """The run record of RECORD_SCHEMA. `eval_history` is [(step, evaluate(...) result), ...] in order;
     the last entry is the final evaluation. `args` is the script's Args dataclass. `actor_diagnostics`
     adds keys of OPTIONAL_RECORD_SCHEMA (name -> one value per agent)."""
-    import shlex
-    import sys
-    from datetime import datetime, timezone
-
     if not eval_history:
         raise RecordError(f"{run_name}: no evaluation was run, so there is no score to record")
     final = eval_history[-1][1]

@@ -1,77 +1,21 @@
-"""OMSD on multi-agent MuJoCo (MaMuJoCo), in one file.
+"""OMSD on multi-agent MuJoCo (gymnasium_robotics mamujoco_v1), in one file.
 
-Offline cooperative multi-agent RL by sequential score decomposition (Qiao et al., arXiv 2505.05968),
-built on SRPO's score-regularized policy extraction. The file reads top to bottom as the algorithm of
-docs/algorithm.md §1-§6:
+Qiao et al., "Offline Multi-agent Reinforcement Learning via Score Decomposition", arXiv 2505.05968,
+built on SRPO's score-regularized policy extraction. Four parts, each under its own banner below:
+1. behavior model: one conditional diffusion noise predictor for all agents (docs/algorithm.md §3);
+2. sequential decomposition: agent i's behavior score is conditioned on its predecessors' actions (§2);
+3. critics: twin joint-action Q(s, a_1..a_N) and V(s), trained in-sample with IQL (§4);
+4. actors: decentralized a_i = pi_i(o_i), pulled toward high Q and the conditional behavior score (§5);
+then the two training phases (§6). The algorithm is osd_mpe.py's, written out again (tests/test_scripts_agree.py
+keeps the two identical); MaMuJoCo's are the tasks, tiers, budgets and betas. Measured: docs/osd_mamujoco_notes.md.
 
-1. a conditional diffusion behavior model, one network for all agents: agent i's noise predictor is
-   conditioned on the global state and on the clean actions of the agents before it (§3);
-2. joint-action critics trained in-sample with IQL: twin Q(s, a_1..a_N) and V(s) (§4);
-3. deterministic decentralized actors a_i = pi_i(o_i), each pulled toward high Q and toward the behavior
-   density *conditional on what its predecessors' actors do now* (§5, eq. (5.2)).
-`--decomposition independent` drops the conditioning (every prefix mask 0): the per-agent marginal
-regularization that the paper argues mis-coordinates on multimodal data.
-
-The algorithm is the one of osd_mpe.py, written out again here (the two scripts share no algorithm
-code, only osd_common). What is MaMuJoCo-specific: the tasks (gymnasium_robotics agent splits, e.g.
-HalfCheetah 2x3: 2 agents with 11-D observations and 3 joints each), the tiers (random, medium,
-medium-replay, expert, medium-expert), the global state (the dataset's `states`, recorded from
-`env.state()`), 1000-step episodes that end in a timeout (bootstrapped through, never a terminal),
-and the budgets.
-
-Run:
-    python osd_mamujoco.py --seed 1                              # mamujoco/HalfCheetah-2x3, medium-expert
-    python osd_mamujoco.py --tier medium-replay --seed 1
-    python osd_mamujoco.py --task mamujoco/Ant-2x4 --dataset path/to/ant.npz   # your own data, any split
-    python osd_mamujoco.py --preset paper                        # the authors' budgets (§6): GPU hours
-    python osd_mamujoco.py --eval-only --checkpoint checkpoints/<run>.pt --capture-video
+    python osd_mamujoco.py --seed 1                            # HalfCheetah-2x3, tier medium-expert; --help: every flag
+    python osd_mamujoco.py --task mamujoco/Ant-2x4 --dataset path/to/ant.npz   # your own data, any agent split
     tensorboard --logdir runs
-
-Datasets: a HalfCheetah-2x3 tier missing from the cache (datasets/cache/mamujoco/HalfCheetah-2x3/<tier>.npz)
-is generated on first use from the committed TD3 behavior policies, as
-`python datasets/generate.py --task mamujoco/HalfCheetah-2x3 --tier <tier>` would (datasets/MAMUJOCO.md).
-Other splits (Ant-2x4, Hopper-3x1, Walker2d-2x3, ...) need your own file in the osd format
-(osd_common.save_dataset), or one converted from the field's data by datasets/convert.py (og-marl's
-Vaults, OMAR's files). The env follows the data: it is built with the dataset's `agent_obsk` (0 when the
-metadata has none; og-marl's gymnasium_mamujoco data has 1), in training and in every evaluation, and
-the script checks the dataset's sizes against it.
-
-Default budget (`--preset default`): 50,000 phase-1 steps (behavior model and critics together) and
-20,000 actor steps at batch 256, evaluating 5 full episodes every 4,000 actor steps: the update count
-of osd_mpe.py's default. Measured on this project's 2 shared CPU cores (load 2-3) with one torch thread:
-phase 1 at 27-29 steps/s (behavior model alone 45 updates/s, critics alone 85), actors at 52-55 steps/s
-(70 alone), one 1000-step evaluation episode in about 0.6 s: about 31 + 6 minutes in all
-(`python benchmarks/throughput.py --tasks mamujoco/HalfCheetah-2x3` times the phases). On a shared
-machine pass `--torch-threads 1`. `--preset paper` gives the authors' MaMuJoCo budgets (behavior 2e6
-steps, critics 1e6, actors 1e6, 10 episodes every 10,000 actor steps): GPU hours, more than a day on
-this CPU. `--pretrained CKPT` reuses a run's behavior model and critics, so a sweep of --beta or
---weighting costs only phase 2.
-
-Choices where docs/algorithm.md leaves one open, and deviations from the authors' code: the defaults
-are osd_mpe.py's, measured there (docs/osd_mpe_notes.md) and not tuned on MaMuJoCo yet, except beta:
-- `--weighting score` (w(t) = alpha_t / sigma_t) instead of the authors' sigma_t^2, t ~ U(0.02, 0.98) as
-  theirs (§5, §7): the setting under which sequential decomposition picked one joint mode on the paper's
-  bandit and on the coordination game, where sigma_t^2 left the actors between the modes.
-- `--q-normalization batch`, beta per tier (osd_mpe.py uses 0.3 and 0.01 on mixed): with the Q gradient
-  divided by its per-agent batch RMS, beta does not depend on the reward scale (HalfCheetah's Q is in
-  the hundreds, MPE's in the tens). 0.05 by default: on a 20-episode expert check (one seed) 0.3 stayed
-  near return 100 while 0.05 and 0.1 reached 2,000-5,800. 0.01 on medium, expert and medium-expert: at the
-  short budget on HalfCheetah-2x3, 3 seeds, it beat 0.05 for both decompositions there and tied on
-  medium-replay (docs/osd_mamujoco_notes.md §3, chosen on the seeds it is reported on). BETA_BY_TIER holds the values.
-- Score network: one network for all agents with the global state, as §3 specifies; two residual blocks
-  (the authors' depth) rather than SRPO's three, for speed (it runs on batch x N rows).
-- The actors' loss sums (5.2) over agents; each L_i reaches only actor i, so one backward pass serves all,
-  then one Adam and one cosine schedule per actor, as in the authors' code.
-- One batch of indices per phase-1 step serves both the behavior model and the critics when their batch
-  sizes match: cheaper, and the same in expectation.
 """
 
-from __future__ import annotations
-
-import dataclasses
+import functools
 import math
-import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -80,136 +24,70 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
-# ---------------------------------------------------------------------------------------------------
-# Arguments
-# ---------------------------------------------------------------------------------------------------
+import osd_common
+
+PROGRAM = "osd_mamujoco"
 
 
+# ---- Arguments
 @dataclass
 class Args:
-    exp_name: str = "osd_mamujoco"
-    """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of the experiment: torch, numpy, random and the batch sampler"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True` and deterministic torch algorithms"""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """where to train: `auto` picks cuda when available"""
-    torch_threads: int = 0
-    """CPU threads for torch (0 keeps torch's default); use 1 when sharing the machine"""
-
+    exp_name: str = "osd_mamujoco"  # the name of this experiment (part of the run name)
+    seed: int = 1  # seed of python, numpy, torch and the batch sampler (at least 0)
+    torch_deterministic: bool = True  # if toggled, `torch.backends.cudnn.deterministic=True`
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where to train: auto picks cuda when torch sees one
+    torch_threads: int = 0  # CPU threads for torch (0: torch's default); pass 1 when other jobs share the cores
     # data
-    task: str = "mamujoco/HalfCheetah-2x3"
-    """the task: mamujoco/HalfCheetah-2x3 (generated datasets), or any split mamujoco/<Scenario>-<conf>
-    (e.g. mamujoco/Ant-2x4, mamujoco/Hopper-3x1, mamujoco/Walker2d-2x3) with your own --dataset"""
-    tier: str = "medium-expert"
-    """the dataset tier: random, medium, medium-replay, expert or medium-expert"""
-    dataset: str | None = None
-    """path to a dataset .npz; overrides --task/--tier (the task, and the env's agent_obsk, are read from the
-    dataset)"""
-    build_dataset: bool = True
-    """build a HalfCheetah-2x3 dataset that is not in the cache yet (datasets/generate.py: about 30 s per
-    100 episodes of 1000 steps; --no-build-dataset to refuse)"""
-
-    """build a named dataset that is not in the cache yet (about a minute; --no-build-dataset to refuse)"""
-
+    task: str = "mamujoco/HalfCheetah-2x3"  # the task: HalfCheetah-2x3, or mamujoco/<Scenario>-<conf> with --dataset
+    tier: str = "medium-expert"  # the dataset tier: random, medium, medium-replay, expert or medium-expert
+    dataset: str | None = None  # path to a dataset .npz; overrides --task/--tier (task and agent_obsk from the data)
+    build_dataset: bool = True  # generate a HalfCheetah-2x3 tier missing from the cache (about 30 s a 100 episodes)
     # algorithm variant
-    decomposition: Literal["sequential", "independent"] = "sequential"
-    """sequential: agent i's behavior score is conditioned on its predecessors' actions (§2);
-    independent: on nothing (every prefix mask 0), the marginal ablation"""
-    random_order: bool = False
-    """sample a new agent order per batch, in behavior training and in actor updates (§3)"""
-    behavior_condition: Literal["state", "obs"] = "state"
-    """condition the behavior model on the global state (ours) or the agent's own obs (authors')"""
-
-    # budgets: None means "take it from --preset"
-    preset: Literal["default", "paper"] = "default"
-    """budget preset: default (about an hour on 2 CPU cores) or paper (the authors' MaMuJoCo budgets, §6)"""
-    pretrain_steps: int | None = None
-    """phase-1 steps of the behavior model (default preset 50_000, paper 2_000_000)"""
-    critic_steps: int | None = None
-    """phase-1 steps of the critics (default preset 50_000, paper 1_000_000)"""
-    policy_steps: int | None = None
-    """phase-2 actor steps (default preset 20_000, paper 1_000_000)"""
-    eval_every: int | None = None
-    """evaluate every this many actor steps (default preset 4_000, paper 10_000)"""
-    eval_episodes: int | None = None
-    """episodes (of 1000 steps) per evaluation (default preset 5, paper 10)"""
-    final_eval_episodes: int | None = None
-    """episodes of the last evaluation, the run's recorded final score, and of --eval-only (both presets 20)"""
-    behavior_batch_size: int | None = None
-    """behavior-model batch size (default preset 256, paper 512)"""
-    critic_batch_size: int | None = None
-    """critic batch size (default preset 256, paper 1024)"""
-    actor_batch_size: int | None = None
-    """actor batch size (default preset 256, paper 512)"""
-
+    decomposition: Literal["sequential", "independent"] = "sequential"  # independent: no prefix (the ablation)
+    random_order: bool = False  # sample a new agent order per batch, in behavior training and actor updates (§3)
+    behavior_condition: Literal["state", "obs"] = "state"  # behavior model sees the global state or the own obs
+    # budgets: None takes the value of --preset (PRESETS)
+    preset: Literal["default", "paper"] = "default"  # default (about 40 min on 2 CPU cores) or the authors' (§6)
+    pretrain_steps: int | None = None  # phase-1 steps of the behavior model (None: --preset's)
+    critic_steps: int | None = None  # phase-1 steps of the critics (None: --preset's)
+    policy_steps: int | None = None  # phase-2 actor steps (None: --preset's)
+    eval_every: int | None = None  # evaluate every this many actor steps (None: --preset's)
+    eval_episodes: int | None = None  # episodes per evaluation during training (None: --preset's)
+    final_eval_episodes: int | None = None  # episodes of the final evaluation and of --eval-only (None: --preset's)
+    behavior_batch_size: int | None = None  # behavior-model batch size (None: --preset's)
+    critic_batch_size: int | None = None  # critic batch size (None: --preset's)
+    actor_batch_size: int | None = None  # actor batch size (None: --preset's)
     # networks and optimizers
-    score_width: int = 256
-    """width of the behavior score network"""
-    score_blocks: int = 2
-    """residual blocks of the behavior score network (2, as the authors' trunk; 3 costs 1.4x the time)"""
-    hidden_dim: int = 256
-    """width of the critics' and actors' 2-layer MLPs"""
-    behavior_lr: float = 3e-4
-    """AdamW learning rate of the behavior model (cosine decay to 1e-5)"""
-    critic_lr: float = 3e-4
-    """Adam learning rate of Q and V"""
-    actor_lr: float = 3e-4
-    """Adam learning rate of each actor (cosine decay to 0)"""
-
+    score_width: int = 256  # width of the behavior score network
+    score_blocks: int = 2  # residual blocks of the behavior score network
+    hidden_dim: int = 256  # width of the critics' and actors' 2-layer MLPs
+    behavior_lr: float = 3e-4  # AdamW learning rate of the behavior model (cosine decay to 1e-5)
+    critic_lr: float = 3e-4  # Adam learning rate of Q and V
+    actor_lr: float = 3e-4  # Adam learning rate of each actor (cosine decay to 0)
     # critics (§4)
-    gamma: float = 0.99
-    """discount factor"""
-    expectile: float = 0.7
-    """IQL expectile of V's regression on min_k Q_target"""
-    tau: float = 0.005
-    """Polyak rate of the target Q"""
-
+    gamma: float = 0.99  # discount factor
+    expectile: float = 0.7  # IQL expectile of V's regression on min_k Q_target
+    tau: float = 0.005  # Polyak rate of the target Q
     # actors (§5)
-    beta: float | None = None
-    """weight of the Q-gradient term in (5.2): small beta = strong behavior regularization (with
-    --q-normalization batch or sample the Q push has unit RMS per action entry). Default per tier,
-    BETA_BY_TIER: 0.01 on medium, expert and medium-expert (measured against 0.05 on HalfCheetah,
-    docs/osd_mamujoco_notes.md), 0.05 on random, medium-replay and your own data; tune it per tier with
-    --pretrained"""
-    q_normalization: Literal["batch", "sample", "none"] = "batch"
-    """how the Q gradient g of (5.2) is scaled before beta multiplies it (§5): batch divides each agent's g
-    by its RMS over the batch and the agent's action dims, making beta scale-free; sample divides each
-    sample's g by its own RMS over the agent's action dims (SRPO's optional regq, as in the authors'
-    code); none keeps the raw gradient"""
-    t_min: float = 0.02
-    """smallest diffusion time sampled for the actor's score regularizer"""
-    t_max: float = 0.98
-    """largest diffusion time sampled for the actor's score regularizer"""
-    subtract_noise: bool = False
-    """use eps_hat - eps in (5.2) (SRPO's form: same expected gradient, lower variance) instead of the
-    authors' raw eps_hat"""
-    weighting: Literal["sigma2", "score", "uniform"] = "score"
-    """w(t) in (5.2): score = alpha_t / sigma_t (weights small t most: mode-seeking; measured default),
-    sigma2 = sigma_t^2 (the authors' default: leaves actors between modes on the bandit), uniform = 1"""
-
+    beta: float | None = None  # weight (at least 0) of the Q term in (5.2); None: the tier's, BETA_BY_TIER
+    q_normalization: Literal["batch", "sample", "none"] = "batch"  # Q gradient to RMS 1 per agent or sample
+    t_min: float = 0.02  # smallest diffusion time sampled for the actor's behavior regularizer
+    t_max: float = 0.98  # largest diffusion time sampled for the actor's behavior regularizer
+    subtract_noise: bool = False  # use eps_hat - eps in (5.2) (SRPO's lower-variance form) instead of eps_hat
+    weighting: Literal["sigma2", "score", "uniform"] = "score"  # w(t): alpha_t/sigma_t, sigma_t^2 or 1 (§5)
     # logging, checkpoints, evaluation
-    log_every: int = 500
-    """log losses every this many steps"""
-    save_model: bool = True
-    """save a checkpoint at the end of training"""
-    checkpoint_dir: str = "checkpoints"
-    """where checkpoints go (<dir>/<run_name>.pt)"""
-    eval_only: bool = False
-    """skip training: load --checkpoint and evaluate it"""
-    checkpoint: str | None = None
-    """checkpoint to evaluate with --eval-only"""
-    pretrained: str | None = None
-    """skip phase 1: take the behavior model and critics from this checkpoint (same dataset), e.g. to
-    sweep --beta or --weighting over one pretraining, as the authors froze theirs"""
-    capture_video: bool = False
-    """with --eval-only: save one rendered episode as videos/<run_name>.gif (MuJoCo renders with
-    MUJOCO_GL, default egl; every VIDEO_FRAME_SKIP-th frame at half size)"""
-    record: str | None = None
-    """write the run record (final/best normalized score, eval curve, wall time, updates/s, commit,
-    machine; schema in osd_common.RECORD_SCHEMA) to this JSON file at the end; benchmarks/grid.py uses it"""
+    log_every: int = 500  # log losses every this many steps
+    save_model: bool = True  # save a checkpoint at the end of training
+    checkpoint_dir: str = "checkpoints"  # where checkpoints go (<dir>/<run_name>.pt)
+    eval_only: bool = False  # skip training: evaluate --checkpoint, with the seed it was trained with
+    checkpoint: str | None = None  # checkpoint to evaluate with --eval-only
+    pretrained: str | None = None  # skip phase 1: reuse this checkpoint's behavior model and critics (same data)
+    capture_video: bool = False  # with --eval-only: save one episode as videos/<checkpoint name>.gif (MUJOCO_GL=egl)
+    record: str | None = None  # write the run record (osd_common.RECORD_SCHEMA) to this JSON file
 
 
 PRESETS = {
@@ -229,31 +107,13 @@ DEFAULT_BETA = 0.05
 EXAMPLE_SPLITS = ("mamujoco/Ant-2x4", "mamujoco/Hopper-3x1", "mamujoco/Walker2d-2x3")
 
 
-def resolve_budgets(args: Args) -> Args:
-    """Fill every budget left at None from the chosen preset; flags given explicitly win."""
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    # a bad budget stops here with its flag named, not later as a division by zero or an empty run
-    at_least = {"pretrain_steps": 0, "critic_steps": 0}
-    for name in PRESETS[args.preset]:
-        value, low = getattr(args, name), at_least.get(name, 1)
-        if value < low:
-            raise SystemExit(f"osd_mamujoco: --{name.replace('_', '-')} is {value}; it must be at least {low}")
-    return args
-
-
-# ---------------------------------------------------------------------------------------------------
-# Diffusion: VP-SDE (docs/algorithm.md §3)
-# ---------------------------------------------------------------------------------------------------
-
+# ---- Diffusion: VP-SDE (docs/algorithm.md §3)
 BETA_MIN, BETA_MAX = 0.1, 20.0
 BEHAVIOR_T_MIN = 1e-3  # t ~ U(1e-3, 1) in behavior training (§3)
 
 
 def vp_alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """alpha_t and sigma_t of the VP-SDE with a linear beta schedule: x_t = alpha_t a + sigma_t eps."""
-    # docs/algorithm.md §3
     log_alpha = -0.25 * t**2 * (BETA_MAX - BETA_MIN) - 0.5 * t * BETA_MIN
     alpha = torch.exp(log_alpha)
     sigma = torch.sqrt(1.0 - alpha**2)
@@ -272,11 +132,31 @@ def score_weight(t: torch.Tensor, weighting: str) -> torch.Tensor:
     raise ValueError(f"unknown weighting {weighting!r}; valid: sigma2, score, uniform")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Behavior model: one conditional noise predictor for all agents (docs/algorithm.md §3)
-# ---------------------------------------------------------------------------------------------------
+# ---- Sequential decomposition: who conditions on whom (docs/algorithm.md §2)
+def prefix_masks(n_agents: int, decomposition: str, order: list[int] | None = None) -> torch.Tensor:
+    """m[i, j] = 1 iff agent j acts before agent i in `order` (sequential); all zeros (independent).
+    `order` lists agent ids in the order they act (default 0..N-1); a worked example: docs/algorithm.md §2."""
+    if decomposition == "independent":
+        return torch.zeros(n_agents, n_agents)
+    if decomposition != "sequential":
+        raise ValueError(f"unknown decomposition {decomposition!r}; valid: sequential, independent")
+    order = list(range(n_agents)) if order is None else list(order)
+    position = torch.empty(n_agents)
+    position[torch.tensor(order)] = torch.arange(n_agents, dtype=torch.float32)
+    return (position[None, :] < position[:, None]).float()
 
 
+def prefix_condition(prefix_actions: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+    """c_i = (a_j * m_ij, m_ij)_j for every agent i: the clean actions of i's predecessors (the others
+    zeroed) followed by the mask row itself. prefix_actions [B, N, A]; prefix_mask [N, N] or [B, N, N].
+    Returns [B, N, N*A + N]. With independent masks (all 0) every c_i is 0: the marginal ablation."""
+    batch, n_agents = prefix_actions.shape[:2]
+    mask = prefix_mask.expand(batch, n_agents, n_agents)
+    masked_prefix = prefix_actions[:, None, :, :] * mask[..., None]  # [B, N(i), N(j), A]
+    return torch.cat([masked_prefix.flatten(2), mask], dim=-1)
+
+
+# ---- Behavior model: one conditional noise predictor for all agents (docs/algorithm.md §3)
 class GaussianFourierEmbedding(nn.Module):
     """Random Fourier features of the diffusion time t in [0, 1] (fixed, not trained)."""
 
@@ -300,36 +180,16 @@ class ResidualBlock(nn.Module):
         return h + self.net(h)
 
 
-def prefix_masks(n_agents: int, decomposition: str, order: list[int] | None = None) -> torch.Tensor:
-    """m[i, j] = 1 iff agent j acts before agent i in `order` (sequential); all zeros (independent).
-
-    `order` lists agent ids in the order they act (default 0..N-1).
-    """
-    if decomposition == "independent":
-        return torch.zeros(n_agents, n_agents)
-    if decomposition != "sequential":
-        raise ValueError(f"unknown decomposition {decomposition!r}; valid: sequential, independent")
-    order = list(range(n_agents)) if order is None else list(order)
-    position = torch.empty(n_agents)
-    position[torch.tensor(order)] = torch.arange(n_agents, dtype=torch.float32)
-    return (position[None, :] < position[:, None]).float()
-
-
 class BehaviorScoreNet(nn.Module):
-    """eps_psi(x_t, t | cond_i, c_i, i) for every agent i of a batch at once (docs/algorithm.md §3).
-
-    Inputs per agent i: its noised action x_t, the time t, a condition (the global state, or the
-    agent's own observation), the prefix c_i = (a_j * m_ij, m_ij)_j of clean predecessor actions with
-    their mask, and a one-hot agent id. The network predicts the noise eps; the score of the diffused
-    conditional behavior is -eps_psi / sigma_t.
-    """
+    """eps_psi(x_t, t | cond_i, c_i, i) for every agent i of a batch at once (docs/algorithm.md §3): from agent i's
+    noised action x_t, the time t, a condition (the global state or its own obs), the prefix c_i and a one-hot id,
+    it predicts the noise eps; the score of the diffused conditional behavior is -eps_psi / sigma_t."""
 
     def __init__(self, n_agents: int, act_dim: int, cond_dim: int, width: int = 256, n_blocks: int = 2,
                  time_dim: int = 64):
         super().__init__()
         self.n_agents, self.act_dim = n_agents, act_dim
-        # a small MLP on the Fourier features (as in SRPO); it runs once per (sample, agent), so it is kept
-        # narrower than the trunk
+        # a small MLP on the Fourier features (as SRPO's), narrower than the trunk: it runs per (sample, agent)
         self.time_embedding = nn.Sequential(GaussianFourierEmbedding(time_dim), nn.Linear(time_dim, 2 * time_dim),
                                             nn.SiLU(), nn.Linear(2 * time_dim, width))
         prefix_dim = n_agents * act_dim + n_agents  # c_i: masked actions of all agents, then the mask
@@ -343,10 +203,7 @@ class BehaviorScoreNet(nn.Module):
         """noised_actions [B, N, A]; t [B, N]; condition [B, N, C]; prefix_actions [B, N, A] (a joint
         action; row j is agent j's clean action); prefix_mask [N, N] or [B, N, N]. Returns eps [B, N, A]."""
         batch = noised_actions.shape[0]
-        mask = prefix_mask.expand(batch, self.n_agents, self.n_agents)
-        # c_i = (a_j * m_ij, m_ij)_j: agent i sees only its predecessors' actions
-        masked_prefix = prefix_actions[:, None, :, :] * mask[..., None]  # [B, N(i), N(j), A]
-        prefix = torch.cat([masked_prefix.flatten(2), mask], dim=-1)
+        prefix = prefix_condition(prefix_actions, prefix_mask)  # c_i: agent i sees only its predecessors
         agent_id = self.agent_ids.expand(batch, -1, -1)
         h = self.input_projection(torch.cat([noised_actions, condition, prefix, agent_id], dim=-1))
         h = h + self.time_embedding(t)
@@ -355,10 +212,7 @@ class BehaviorScoreNet(nn.Module):
 
 def behavior_loss(score_net: BehaviorScoreNet, actions: torch.Tensor, condition: torch.Tensor,
                   prefix_mask: torch.Tensor, act_mask: torch.Tensor) -> torch.Tensor:
-    """Denoising score matching over the batch, the agents and t ~ U(1e-3, 1).
-
-    actions [B, N, A] clean dataset actions (zero-padded); act_mask [N, A] marks real action dims.
-    """
+    """Denoising score matching over the batch, the agents and t ~ U(1e-3, 1); actions [B, N, A] (zero-padded)."""
     batch, n_agents, _ = actions.shape
     t = torch.rand(batch, n_agents, device=actions.device) * (1.0 - BEHAVIOR_T_MIN) + BEHAVIOR_T_MIN
     alpha, sigma = vp_alpha_sigma(t)
@@ -369,38 +223,7 @@ def behavior_loss(score_net: BehaviorScoreNet, actions: torch.Tensor, condition:
     return ((predicted - noise) ** 2).sum(-1).mean()
 
 
-@torch.no_grad()
-def sample_behavior_actions(score_net: BehaviorScoreNet, condition: torch.Tensor, prefix_mask: torch.Tensor,
-                            act_mask: torch.Tensor, order: list[int] | None = None,
-                            n_steps: int = 50) -> torch.Tensor:
-    """Sample joint actions from the behavior model, agent by agent in `order` (docs/algorithm.md §3).
-
-    Each agent runs a deterministic DDIM (first-order DPM-Solver) reverse pass from t = 1 to 1e-3,
-    conditioned on the actions already sampled for its predecessors. For tests and sanity checks.
-    """
-    batch, n_agents = condition.shape[0], condition.shape[1]
-    order = list(range(n_agents)) if order is None else list(order)
-    joint = torch.zeros(batch, n_agents, act_mask.shape[-1], device=condition.device)
-    times = torch.linspace(1.0, BEHAVIOR_T_MIN, n_steps + 1, device=condition.device)
-    for agent in order:
-        x = torch.randn(batch, act_mask.shape[-1], device=condition.device) * act_mask[agent]
-        for t_now, t_next in zip(times[:-1], times[1:]):
-            alpha_now, sigma_now = vp_alpha_sigma(t_now)
-            alpha_next, sigma_next = vp_alpha_sigma(t_next)
-            noised = joint.clone()
-            noised[:, agent] = x
-            eps = score_net(noised, t_now.expand(batch, n_agents), condition, joint, prefix_mask)[:, agent]
-            clean = ((x - sigma_now * eps) / alpha_now).clamp(-1, 1)
-            x = (alpha_next * clean + sigma_next * eps) * act_mask[agent]
-        joint[:, agent] = x.clamp(-1, 1)
-    return joint
-
-
-# ---------------------------------------------------------------------------------------------------
-# Critics: twin joint-action Q and V, trained in-sample with IQL (docs/algorithm.md §4)
-# ---------------------------------------------------------------------------------------------------
-
-
+# ---- Critics: twin joint-action Q and V, trained in-sample with IQL (docs/algorithm.md §4)
 def mlp(in_dim: int, out_dim: int, hidden_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
                          nn.Linear(hidden_dim, out_dim))
@@ -430,8 +253,7 @@ class ValueNet(nn.Module):
         return self.v(state).squeeze(-1)
 
 
-def value_loss(v_net: ValueNet, q_target: TwinQ, state: torch.Tensor, joint_actions: torch.Tensor,
-               expectile: float) -> torch.Tensor:
+def value_loss(v_net: ValueNet, q_target: TwinQ, state: torch.Tensor, joint_actions: torch.Tensor, expectile: float):
     """Expectile regression of V(s) on min_k Q_target(s, a) with dataset actions."""
     with torch.no_grad():
         target = torch.min(*q_target(state, joint_actions))
@@ -441,8 +263,7 @@ def value_loss(v_net: ValueNet, q_target: TwinQ, state: torch.Tensor, joint_acti
     return (weight * diff**2).mean()
 
 
-def q_loss(q_net: TwinQ, v_net: ValueNet, state, joint_actions, reward, next_state, terminal,
-           gamma: float) -> torch.Tensor:
+def q_loss(q_net: TwinQ, v_net: ValueNet, state, joint_actions, reward, next_state, terminal, gamma: float):
     """TD regression of both twins on r + gamma (1 - terminal) V(s'); timeouts bootstrap (§4)."""
     with torch.no_grad():
         target = reward + gamma * (1.0 - terminal) * v_net(next_state)
@@ -458,15 +279,10 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     torch._foreach_add_(target_params, source_params, alpha=tau)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Actors: deterministic decentralized policies and the score-regularized loss (docs/algorithm.md §5)
-# ---------------------------------------------------------------------------------------------------
-
-
+# ---- Actors: deterministic decentralized policies and the score-regularized loss (docs/algorithm.md §5)
 Q_NORMALIZATIONS = ("batch", "sample", "none")  # how actor_loss scales the Q gradient g (Args.q_normalization)
 ACTION_BOUND = 0.99  # an action entry with |a| above this counts as saturated at the tanh bound (diagnostics)
-# the per-agent diagnostics of actor_loss -> their TensorBoard section (<section>/<name>_agent<i>)
-ACTOR_DIAGNOSTICS = {"score_push_rms": "losses", "q_push_rms": "losses", "action_at_bounds": "charts"}
+ACTOR_DIAGNOSTICS = {"score_push_rms": "losses", "q_push_rms": "losses", "action_at_bounds": "charts"}  # -> section
 
 
 class Actor(nn.Module):
@@ -491,21 +307,20 @@ def joint_action(actors: nn.ModuleList, observations: torch.Tensor, max_act_dim:
 def actor_loss(actors: nn.ModuleList, score_net: BehaviorScoreNet, q_target: TwinQ, observations: torch.Tensor,
                state: torch.Tensor, condition: torch.Tensor, prefix_mask: torch.Tensor, act_mask: torch.Tensor,
                beta: float, t_min: float, t_max: float, weighting: str, q_normalization: str,
-               subtract_noise: bool = False,
-               diagnostics: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               subtract_noise: bool = False, diagnostics: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over agents of L_i in (5.2), every agent of the batch at once.
 
-    Returns the loss (its gradient reaches each actor only through its own a_i) and detached parts
-    for logging: the score term, the Q term and Q(s, a_cur). `q_normalization` is one of
-    Q_NORMALIZATIONS (Args.q_normalization). With `diagnostics`, the parts also hold per-agent [N]
-    tensors: score_push_rms and q_push_rms, the RMS over the batch and the agent's real action dims of
-    the two pushes on a_i, w(t) eps_hat and beta g, and action_at_bounds, the share of the actor's
-    action entries with |a| > ACTION_BOUND; they are computed after the loss and draw no random numbers.
+    Returns the loss (its gradient reaches each actor only through its own a_i) and detached parts for
+    logging: the score term, the Q term and Q(s, a_cur). With `diagnostics`, also per-agent [N] tensors
+    (ACTOR_DIAGNOSTICS): the RMS of the two pushes on a_i, w(t) eps_hat and beta g, over the batch and the
+    agent's real action dims, and the share of action entries with |a| > ACTION_BOUND (no random numbers).
     """
     if q_normalization not in Q_NORMALIZATIONS:
         raise ValueError(f"unknown q_normalization {q_normalization!r}; valid: {', '.join(Q_NORMALIZATIONS)}")
     live_actions = joint_action(actors, observations, act_mask.shape[-1])  # a_i = pi_i(o_i), with grad
-    current_actions = live_actions.detach()  # a_cur: the actors' joint action, detached
+    # a_cur: the actors' joint action, detached. It conditions agent i's score on its predecessors' current
+    # actions, but no gradient flows back to them through it: our choice (docs/algorithm.md §5)
+    current_actions = live_actions.detach()
     batch, n_agents, _ = live_actions.shape
 
     # eps_hat = sg(eps_psi(x_t, t | s, c_i(a_cur), i)),  x_t = alpha_t a_i + sigma_t eps,  t ~ U(t_min, t_max)
@@ -544,45 +359,10 @@ def actor_loss(actors: nn.ModuleList, score_net: BehaviorScoreNet, q_target: Twi
     return loss, parts
 
 
-# ---------------------------------------------------------------------------------------------------
-# Guards and small utilities
-# ---------------------------------------------------------------------------------------------------
-
-
-def check_finite(losses: dict[str, float], step: int, phase: str) -> None:
-    """Stop the run with a clear message if any loss is NaN or infinite (checked when losses are logged:
-    a NaN spreads to the weights, so the logged loss stays NaN from then on)."""
-    for name, value in losses.items():
-        if not math.isfinite(value):
-            raise SystemExit(
-                f"osd_mamujoco: loss '{name}' is {value} at {phase} step {step}. Training stopped "
-                "(losses are checked when logged, every --log-every steps). Check the dataset for huge or "
-                "non-finite values, or lower the learning rates."
-            )
-
-
-class Normalizer:
-    """Standardization with dataset statistics; dimensions with (near) zero spread are left centered."""
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray):
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.where(np.asarray(std) < 1e-6, 1.0, std).astype(np.float32)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("osd_mamujoco: --device cuda was asked for, but torch sees no CUDA device "
-                         f"(torch {torch.__version__}). Use --device cpu or --device auto.")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
-def build_networks(n_agents, obs_dims, act_dims, state_dim, args: Args, device) -> dict[str, nn.Module]:
-    """Every network of the algorithm, sized from the dataset; used by training and by --eval-only."""
+# ---- Networks: all of a run's, sized from its dataset's (or checkpoint's) meta
+def build_networks(meta: dict, args: Args, device) -> dict[str, nn.Module]:
+    """Every network of the algorithm; used by training, --eval-only and the diagnostics in benchmarks/."""
+    n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"]
     max_obs_dim, max_act_dim = max(obs_dims), max(act_dims)
     cond_dim = state_dim if args.behavior_condition == "state" else max_obs_dim
     score_net = BehaviorScoreNet(n_agents, max_act_dim, cond_dim, args.score_width, args.score_blocks)
@@ -595,155 +375,19 @@ def build_networks(n_agents, obs_dims, act_dims, state_dim, args: Args, device) 
     return {name: net.to(device) for name, net in nets.items()}
 
 
-def make_act_fn(actors: nn.ModuleList, obs_normalizer: Normalizer, device):
-    """Decentralized execution: agent i's action from its own raw observation only."""
-
-    @torch.no_grad()
-    def act(observations: list[np.ndarray]) -> list[np.ndarray]:
-        actions = []
-        for i, (actor, obs) in enumerate(zip(actors, observations)):
-            normalized = (obs - obs_normalizer.mean[i, : len(obs)]) / obs_normalizer.std[i, : len(obs)]
-            obs_tensor = torch.as_tensor(normalized, dtype=torch.float32, device=device)[None]
-            actions.append(actor(obs_tensor)[0].cpu().numpy())
-        return actions
-
-    return act
-
-
-VIDEO_FRAME_SKIP = 2  # HalfCheetah steps 0.05 s: every 2nd frame at 10 fps plays in real time
-
-
-def save_gif(frames: list[np.ndarray], path: str, fps: int = 10, scale: float = 0.5) -> None:
-    """Write rgb frames as an animated GIF with pillow (installed with matplotlib), resized by `scale`."""
-    from PIL import Image
-
-    images = [Image.fromarray(np.asarray(frame, dtype=np.uint8)) for frame in frames]
-    if scale != 1.0:
-        size = (max(1, int(images[0].width * scale)), max(1, int(images[0].height * scale)))
-        images = [image.resize(size) for image in images]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-
-
-def render_episode(act_fn, task: str, seed: int, frame_skip: int = VIDEO_FRAME_SKIP,
-                   agent_obsk: int = 0) -> list[np.ndarray]:
-    """One decentralized episode (reset with `seed`, as evaluation's first episode), rendered off-screen
-    every `frame_skip`-th step: MuJoCo renders on the CPU at ~0.1 s a frame, so all 1000 would be slow."""
-    from osd_common import make_env
-
-    try:
-        env = make_env(task, render_mode="rgb_array", agent_obsk=agent_obsk)
-        obs, _ = env.reset(seed=seed)
-        frames, done, t = [env.render()], False, 0
-        while not done:
-            obs, _, _, terminated, truncated = env.step(act_fn(obs))
-            done, t = terminated or truncated, t + 1
-            if t % frame_skip == 0 or done:
-                frames.append(env.render())
-        env.close()
-    except Exception as error:  # OpenGL missing or misconfigured: say how to fix it, without a traceback
-        raise SystemExit(f"osd_mamujoco: --capture-video could not render {task} with MUJOCO_GL="
-                         f"{os.environ.get('MUJOCO_GL')!r} ({type(error).__name__}: {error}). Headless machines "
-                         "need MUJOCO_GL=egl (GPU or mesa EGL) or MUJOCO_GL=osmesa (with libOSMesa installed).")
-    return frames
-
-
-def evaluate_policy(actors, obs_normalizer, device, task, episodes, seed, meta) -> dict:
-    """Full 1000-step decentralized episodes on the real env (osd_common.evaluate), built with the
-    dataset's agent_obsk."""
-    from osd_common import dataset_agent_obsk, evaluate
-
-    for actor in actors:
-        actor.eval()
-    result = evaluate(make_act_fn(actors, obs_normalizer, device), task, episodes=episodes, seed=seed,
-                      ref_random=meta.get("ref_random"), ref_expert=meta.get("ref_expert"),
-                      agent_obsk=dataset_agent_obsk(meta))
-    for actor in actors:
-        actor.train()
-    return result
-
-
-def checkpoint_args(saved: dict) -> Args:
-    """The Args a checkpoint was trained with. Checkpoints written before --q-normalization replaced the
-    boolean --normalize-q hold normalize_q: True is batch, False is none."""
-    saved = dict(saved)
-    if "normalize_q" in saved:
-        saved["q_normalization"] = "batch" if saved.pop("normalize_q") else "none"
-    return Args(**saved)
-
-
-def record_algorithm(args: Args) -> str:
-    """The run record's algorithm name: omsd, or omsd-independent for the ablation, with -beta0 added
-    when beta is 0 (no Q term: the behavior regularizer alone), so the name always says what ran."""
-    name = "omsd" if args.decomposition == "sequential" else "omsd-independent"
-    return f"{name}-beta0" if args.beta == 0 else name
-
-
-def run_eval_only(args: Args, device: torch.device) -> None:
-    """--eval-only: rebuild the actors from a checkpoint and evaluate them, without training."""
-    import osd_common  # imported where it is used, as in the main block
-    if args.checkpoint is None:
-        raise SystemExit("osd_mamujoco: --eval-only needs --checkpoint PATH (a .pt written by a training run)")
-    if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"osd_mamujoco: checkpoint {args.checkpoint!r} does not exist")
-    if args.capture_video:
-        os.environ.setdefault("MUJOCO_GL", "egl")  # read when mujoco is first imported, below
-    checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=False)
-    saved_args = checkpoint_args(checkpoint["args"])
-    meta = checkpoint["meta"]
-    nets = build_networks(meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"], saved_args, device)
-    for name, net in nets.items():
-        net.load_state_dict(checkpoint[name])
-    obs_normalizer = Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
-    # as many episodes as the final evaluation of training, whose recorded score this reproduces
-    episodes = args.final_eval_episodes if args.final_eval_episodes is not None else PRESETS[args.preset]["final_eval_episodes"]
-    result = evaluate_policy(nets["actors"], obs_normalizer, device, meta["task"], episodes, args.seed + 10_000, meta)
-    print(f"eval-only {args.checkpoint}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}, "
-          f"normalized score {result['normalized_score']:.1f} over {episodes} episodes")
-    if args.capture_video:
-        frames = render_episode(make_act_fn(nets["actors"], obs_normalizer, device), meta["task"], args.seed + 10_000,
-                                agent_obsk=osd_common.dataset_agent_obsk(meta))
-        os.makedirs("videos", exist_ok=True)
-        name = os.path.splitext(os.path.basename(args.checkpoint))[0]
-        save_gif(frames, f"videos/{name}.gif")
-        print(f"saved videos/{name}.gif ({len(frames)} frames)")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Main: data, phase 1 (behavior model + critics), phase 2 (actors), checkpoint
-# ---------------------------------------------------------------------------------------------------
-
+# ---- Main: data, phase 1 (behavior model + critics), phase 2 (actors), checkpoint and record
 if __name__ == "__main__":
-    import tyro
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    import osd_common
-
-    args = resolve_budgets(tyro.cli(Args))
+    args = osd_common.resolve_budgets(PROGRAM, tyro.cli(Args), PRESETS)
     wall_start = time.time()
-
-    # seeding and device
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = pick_device(args.device)
-    if args.eval_only:
-        run_eval_only(args, device)
+    device = osd_common.seed_and_device(PROGRAM, args)
+    if args.eval_only:  # the checkpoint's networks, rebuilt with its own Args, evaluated with its own seed
+        osd_common.run_eval_only(PROGRAM, args, device, Args, build_networks)
         raise SystemExit(0)
 
-    # dataset and normalizers
+    # ---- data: a HalfCheetah-2x3 tier (generated on first use) or your own file of any split
     def bad_task(task: str, why: str) -> SystemExit:
-        return SystemExit(f"osd_mamujoco: --task {task!r} {why}; use {osd_common.MAMUJOCO_TASKS[0]}, or another MaMuJoCo "
+        return SystemExit(f"{PROGRAM}: --task {task!r} {why}; use {osd_common.MAMUJOCO_TASKS[0]}, or another MaMuJoCo "
                           f"split 'mamujoco/<Scenario>-<conf>' ({', '.join(EXAMPLE_SPLITS)}) with your own --dataset")
-
-    def probe_env(task: str, agent_obsk: int = 0):
-        try:
-            return osd_common.make_env(task, agent_obsk=agent_obsk)
-        except Exception as error:  # unknown scenario or split: gymnasium_robotics raises plain exceptions
-            raise bad_task(task, f"cannot be built by gymnasium_robotics ({type(error).__name__}: {error})") from None
 
     if args.dataset is None:
         if not args.task.startswith("mamujoco/"):
@@ -751,111 +395,77 @@ if __name__ == "__main__":
                                                                   if args.task.startswith("mpe/") else ""))
         try:
             osd_common.check_task(args.task)
+            osd_common.make_env(args.task).close()
         except osd_common.TaskError:
             raise bad_task(args.task, "is not a task name") from None
+        except Exception as error:  # unknown scenario or split: gymnasium_robotics raises plain exceptions
+            raise bad_task(args.task, f"cannot be built by gymnasium_robotics ({type(error).__name__}: {error})") from None
         if args.tier not in MAMUJOCO_TIERS:
-            raise SystemExit(f"osd_mamujoco: --tier {args.tier!r} is not a tier; valid tiers: {', '.join(MAMUJOCO_TIERS)}")
-        probe_env(args.task).close()
-        dataset_name = f"{args.task}/{args.tier}"
+            raise SystemExit(f"{PROGRAM}: --tier {args.tier!r} is not a tier; valid tiers: {', '.join(MAMUJOCO_TIERS)}")
         cached = osd_common.dataset_path(args.task, args.tier)
         if not cached.exists() and args.task not in osd_common.MAMUJOCO_TASKS:
-            raise SystemExit(f"osd_mamujoco: no dataset {cached}: osd generates datasets for "
+            raise SystemExit(f"{PROGRAM}: no dataset {cached}: osd generates datasets for "
                              f"{', '.join(osd_common.MAMUJOCO_TASKS)} only; pass your own file with --dataset PATH "
                              "(the osd format of osd_common.save_dataset, or the field's data converted by "
                              "datasets/convert.py)")
         if not cached.exists() and not args.build_dataset:
-            raise SystemExit(f"osd_mamujoco: no dataset {cached} yet; make it with `python datasets/generate.py "
+            raise SystemExit(f"{PROGRAM}: no dataset {cached} yet; make it with `python datasets/generate.py "
                              f"--task {args.task} --tier {args.tier}`, drop --no-build-dataset, or pass --dataset PATH")
-    else:
-        dataset_name = args.dataset
-    try:
-        data = osd_common.load_dataset(dataset_name, build_if_missing=args.build_dataset)
-    except osd_common.DatasetError as error:
-        raise SystemExit(f"osd_mamujoco: {error}")
+    data = osd_common.load_training_data(PROGRAM, args, tasks=None)  # sets args.task, args.tier
     meta = data.meta
     if not meta["task"].startswith("mamujoco/"):
-        raise SystemExit(f"osd_mamujoco: dataset {data.path} is for task {meta['task']!r}, not a MaMuJoCo task"
+        raise SystemExit(f"{PROGRAM}: dataset {data.path} is for task {meta['task']!r}, not a MaMuJoCo task"
                          + (" (MPE datasets run with osd_mpe.py)" if meta["task"].startswith("mpe/") else ""))
-    args.task, args.tier = meta["task"], meta.get("tier", args.tier)
+    # the env is built with the dataset's agent_obsk, here and in every evaluation, and must fit its sizes
+    evaluable = osd_common.check_env_fits_data(PROGRAM, data, args.task, args.record is not None)
+
+    # ---- the data on the training device, standardized once with dataset statistics (docs/algorithm.md §6)
     if args.beta is None:
         args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
-    n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]
-    max_obs_dim, max_act_dim = data.observations.shape[-1], data.actions.shape[-1]
-    agent_obsk = osd_common.dataset_agent_obsk(meta)  # the env follows the data, here and in every evaluation
-    env_probe = probe_env(args.task, agent_obsk)
-    if (list(env_probe.obs_dims) != obs_dims or list(env_probe.act_dims) != act_dims
-            or env_probe.state_dim != state_dim):
-        raise SystemExit(f"osd_mamujoco: dataset {data.path} has obs dims {obs_dims} / action dims {act_dims} / "
-                         f"state dim {state_dim}, but the {args.task} env (agent_obsk={agent_obsk}, from the dataset) "
-                         f"has {env_probe.obs_dims} / {env_probe.act_dims} / {env_probe.state_dim}")
-    env_probe.close()
-    if meta.get("references") == "unknown":
-        print(f"osd_mamujoco: {args.task} has no reference returns here: every 'normalized score' below is the return")
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    n_agents, n_transitions = meta["n_agents"], len(data.rewards)
+    obs_normalizer = osd_common.Normalizer(data.observations.mean(0), data.observations.std(0))
+    state_normalizer = osd_common.Normalizer(data.states.mean(0), data.states.std(0))
 
-    # docs/algorithm.md §6: observations and states standardized once with dataset statistics
-    obs_normalizer = Normalizer(data.observations.mean(0), data.observations.std(0))
-    state_normalizer = Normalizer(data.states.mean(0), data.states.std(0))
-    observations = obs_normalizer(data.observations) * data.obs_mask  # padding stays exactly 0
-    states, next_states = state_normalizer(data.states), state_normalizer(data.next_states)
-    actions, rewards, terminals = data.actions, data.rewards, data.terminals
+    # the whole dataset moves to the device once: a batch is then a gather there, not a copy per step
+    to_tensor = functools.partial(torch.as_tensor, dtype=torch.float32, device=device)
+    observations = to_tensor(obs_normalizer(data.observations) * data.obs_mask)  # padding stays exactly 0
+    states, next_states = to_tensor(state_normalizer(data.states)), to_tensor(state_normalizer(data.next_states))
+    actions, rewards, terminals = to_tensor(data.actions), to_tensor(data.rewards), to_tensor(data.terminals)
     act_mask = torch.as_tensor(data.act_mask, device=device)
-    n_transitions = len(rewards)
     batch_rng = np.random.default_rng(args.seed)  # the batch sampler: seeded, independent of torch
-
-    def to_tensor(array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(array, dtype=torch.float32, device=device)
-
-    # the whole dataset moves to the training device once: a batch is then a gather there, not a
-    # host-to-device copy per step (on CPU these tensors share the numpy arrays' memory, and
-    # index_select gathers faster than numpy's fancy indexing or torch's tensor[idx])
-    observations, states, next_states = to_tensor(observations), to_tensor(states), to_tensor(next_states)
-    actions, rewards, terminals = to_tensor(actions), to_tensor(rewards), to_tensor(terminals)
 
     def sample_indices(batch_size: int) -> torch.Tensor:
         return torch.as_tensor(batch_rng.integers(0, n_transitions, size=batch_size), device=device)
 
     def behavior_condition(state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """Per-agent condition [B, N, C]: the global state for every agent, or each agent's own obs."""
-        if args.behavior_condition == "state":
-            return state[:, None, :].expand(-1, n_agents, -1)
-        return obs
+        return state[:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else obs
 
     fixed_prefix_mask = prefix_masks(n_agents, args.decomposition).to(device)
 
     def batch_prefix_mask() -> torch.Tensor:
+        """The prefix masks of this batch: the fixed order 0..N-1, or a new order per batch (--random-order)."""
         if not args.random_order:
             return fixed_prefix_mask
-        order = batch_rng.permutation(n_agents).tolist()
-        return prefix_masks(n_agents, args.decomposition, order).to(device)
+        return prefix_masks(n_agents, args.decomposition, batch_rng.permutation(n_agents).tolist()).to(device)
 
-    nets = build_networks(n_agents, obs_dims, act_dims, state_dim, args, device)
+    nets = build_networks(meta, args, device)
     score_net, q_net, q_target, v_net, actors = (nets[k] for k in ("score_net", "q_net", "q_target", "v_net", "actors"))
-
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-        f"|{key}|{value}|" for key, value in dataclasses.asdict(args).items()))
-    print(f"osd_mamujoco: {run_name}; dataset {data.path} ({n_transitions} transitions); device {device}")
+    writer.add_text("hyperparameters", osd_common.hyperparameter_table(args))
+    print(f"{PROGRAM}: {run_name}; dataset {data.path} ({n_transitions} transitions); device {device}")
 
     # ---- phase 1: behavior model and critics train together (docs/algorithm.md §6)
-    # on CUDA one fused kernel updates all of a network's parameters; on CPU torch's default loop
-    fused = {"fused": True} if device.type == "cuda" else {}
+    fused = {"fused": True} if device.type == "cuda" else {}  # CUDA: one kernel updates a whole network
     behavior_optimizer = torch.optim.AdamW(score_net.parameters(), lr=args.behavior_lr, **fused)
     behavior_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(behavior_optimizer, max(args.pretrain_steps, 1), eta_min=1e-5)
     q_optimizer = torch.optim.Adam(q_net.parameters(), lr=args.critic_lr, **fused)
     v_optimizer = torch.optim.Adam(v_net.parameters(), lr=args.critic_lr, **fused)
     phase1_steps = max(args.pretrain_steps, args.critic_steps)
-    if args.pretrained is not None:
-        pretrained = torch.load(args.pretrained, map_location=device, weights_only=False)
-        if pretrained["meta"].get("sha256") != meta.get("sha256"):
-            raise SystemExit(f"osd_mamujoco: --pretrained {args.pretrained} was trained on another dataset "
-                             f"({pretrained['meta'].get('sha256', '?')[:12]}), not {data.path}")
+    if args.pretrained is not None:  # phase 1 of another run on the same data, with the same networks
         must_match = ("decomposition", "random_order", "behavior_condition", "score_width", "score_blocks", "hidden_dim")
-        differing = [f"--{k.replace('_', '-')} {pretrained['args'][k]}" for k in must_match
-                     if pretrained["args"][k] != getattr(args, k)]
-        if differing:
-            raise SystemExit(f"osd_mamujoco: --pretrained {args.pretrained} was trained with {', '.join(differing)}; "
-                             "pass the same flags")
+        pretrained = osd_common.load_pretrained(PROGRAM, args.pretrained, meta, data.path, args, must_match, device)
         for name in ("score_net", "q_net", "q_target", "v_net"):
             nets[name].load_state_dict(pretrained[name])
         args.pretrain_steps = args.critic_steps = phase1_steps = 0
@@ -875,6 +485,7 @@ if __name__ == "__main__":
             behavior_schedule.step()
             losses["behavior"] = loss.detach()  # a tensor: reading it (.item()) would wait for the GPU
         if step < args.critic_steps:
+            # one batch serves both models when their batch sizes match: cheaper, the same in expectation
             if step >= args.pretrain_steps or args.critic_batch_size != args.behavior_batch_size:
                 idx = sample_indices(args.critic_batch_size)
             state_b, action_b = states.index_select(0, idx), actions.index_select(0, idx)
@@ -891,15 +502,15 @@ if __name__ == "__main__":
             losses["v"], losses["q"] = loss_v.detach(), loss_q.detach()
         if (step + 1) % args.log_every == 0 or step == phase1_steps - 1:  # the only host syncs of the loop
             losses = {name: value.item() for name, value in losses.items()}
-            check_finite(losses, step, "phase-1")
+            osd_common.check_finite(PROGRAM, losses, step, "phase-1")
             sps = int((step + 1) / (time.time() - start_time))
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, step)
             writer.add_scalar("charts/SPS", sps, step)
             progress.set_postfix({**{k: f"{v:.3g}" for k, v in losses.items()}, "SPS": sps})
     progress.close()
-    print(f"phase 1 done: {phase1_steps} steps in {time.time() - start_time:.0f}s "
-          f"(SPS {phase1_steps / max(time.time() - start_time, 1e-9):.0f})")
+    phase1_time = time.time() - start_time
+    print(f"phase 1 done: {phase1_steps} steps in {phase1_time:.0f}s (SPS {phase1_steps / max(phase1_time, 1e-9):.0f})")
 
     # ---- phase 2: actors against the frozen behavior model and critics (docs/algorithm.md §5, §6)
     for net in (score_net, q_target, v_net, q_net):
@@ -908,8 +519,7 @@ if __name__ == "__main__":
     actor_optimizers = [torch.optim.Adam(actor.parameters(), lr=args.actor_lr, **fused) for actor in actors]
     actor_schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(args.policy_steps, 1)) for opt in actor_optimizers]
     eval_seed = args.seed + 10_000  # evaluation episodes differ from any seed used in training
-    best_score, last_score = -math.inf, float("nan")
-    eval_history, eval_time, phase1_time = [], 0.0, time.time() - start_time
+    best_score, last_score, eval_history, eval_time = -math.inf, float("nan"), [], 0.0
     actor_diagnostics = {}  # the last logged per-agent diagnostics of actor_loss (ACTOR_DIAGNOSTICS)
     start_time = time.time()
     progress = tqdm(range(args.policy_steps), desc="phase 2: actors", smoothing=0.05)
@@ -928,24 +538,22 @@ if __name__ == "__main__":
             schedule.step()
         if log_now:  # the only host syncs of the loop
             losses = {"actor": loss.item(), "actor_score": parts["score"].item(), "actor_q": -parts["q_value"].item()}
-            check_finite(losses, step, "phase-2")
+            osd_common.check_finite(PROGRAM, losses, step, "phase-2")
             sps = int((step + 1) / (time.time() - start_time))
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value, step)
-            # per agent; the last logged values (those of the last step) go into the run record
-            actor_diagnostics = {name: parts[name].tolist() for name in ACTOR_DIAGNOSTICS}
+            actor_diagnostics = {name: parts[name].tolist() for name in ACTOR_DIAGNOSTICS}  # per agent
             for name, section in ACTOR_DIAGNOSTICS.items():
                 for agent, value in enumerate(actor_diagnostics[name]):
                     writer.add_scalar(f"{section}/{name}_agent{agent}", value, step)
             writer.add_scalar("charts/actor_SPS", sps, step)
             writer.add_scalar("charts/SPS", sps, phase1_steps + step)
             progress.set_postfix({"score": f"{losses['actor_score']:.3g}", "Q": f"{-losses['actor_q']:.3g}", "SPS": sps})
-        if (step + 1) % args.eval_every == 0 or step == args.policy_steps - 1:
+        if evaluable and ((step + 1) % args.eval_every == 0 or step == args.policy_steps - 1):
             eval_start = time.time()
-            # the last evaluation is the recorded final score: more episodes, so that evaluation noise
-            # does not swamp the differences between seeds and algorithms
+            # the last evaluation is the recorded final score: more episodes, less evaluation noise
             episodes = args.final_eval_episodes if step == args.policy_steps - 1 else args.eval_episodes
-            result = evaluate_policy(actors, obs_normalizer, device, args.task, episodes, eval_seed, meta)
+            result = osd_common.evaluate_actors(actors, obs_normalizer, device, episodes, eval_seed, meta)
             eval_time += time.time() - eval_start
             eval_history.append((step + 1, result))
             last_score = result["normalized_score"]
@@ -953,34 +561,21 @@ if __name__ == "__main__":
             writer.add_scalar("charts/episodic_return", result["return_mean"], step)
             writer.add_scalar("charts/normalized_score", last_score, step)
             tqdm.write(f"actor step {step + 1}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}, "
-                       f"normalized score {last_score:.1f}")
+                       f"normalized score {last_score:.1f} ({episodes} episodes)")
     progress.close()
     print(f"phase 2 done: {args.policy_steps} steps in {time.time() - start_time:.0f}s; "
-          f"normalized score last {last_score:.1f}, best {best_score:.1f}")
+          + (f"normalized score last {last_score:.1f}, best {best_score:.1f}" if evaluable else "not evaluated"))
     train_time = phase1_time + time.time() - start_time - eval_time
 
-    # ---- checkpoint (docs/algorithm.md §6): networks, normalizers, Args and dataset meta
-    if args.save_model:
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
-        path = os.path.join(args.checkpoint_dir, f"{run_name}.pt")
-        torch.save({
-            **{name: net.state_dict() for name, net in nets.items()},
-            "normalizers": {"obs_mean": obs_normalizer.mean, "obs_std": obs_normalizer.std,
-                            "state_mean": state_normalizer.mean, "state_std": state_normalizer.std},
-            "args": dataclasses.asdict(args),
-            "meta": {key: meta[key] for key in ("task", "tier", "n_agents", "obs_dims", "act_dims", "state_dim",
-                                                "ref_random", "ref_expert", "references", "agent_obsk", "sha256")
-                     if key in meta},
-            "final_normalized_score": last_score,
-            "best_normalized_score": best_score,
-        }, path)
-        print(f"saved checkpoint {path}")
+    # ---- checkpoint (networks, normalizers, Args, dataset meta) and run record
+    normalizers = {"obs": obs_normalizer, "state": state_normalizer}
+    checkpoint = osd_common.save_checkpoint(args, run_name, nets, normalizers, meta, final_normalized_score=last_score,
+                                            best_normalized_score=best_score) if args.save_model else None
     if args.record is not None:
         osd_common.write_record(args.record, osd_common.make_record(
-            algorithm=record_algorithm(args), args=args, meta=meta,
-            dataset_path=data.path, seed=args.seed, eval_history=eval_history,
-            updates=phase1_steps + args.policy_steps, train_time_s=train_time,
-            wall_time_s=time.time() - wall_start, device=device, run_name=run_name,
-            checkpoint=path if args.save_model else None, actor_diagnostics=actor_diagnostics))
+            algorithm=osd_common.omsd_algorithm_name(args), args=args, meta=meta, dataset_path=data.path,
+            seed=args.seed, eval_history=eval_history, updates=phase1_steps + args.policy_steps, train_time_s=train_time,
+            wall_time_s=time.time() - wall_start, device=device, run_name=run_name, checkpoint=checkpoint,
+            actor_diagnostics=actor_diagnostics))
         print(f"saved run record {args.record}")
     writer.close()

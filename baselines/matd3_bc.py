@@ -31,11 +31,7 @@ every 5,000). Logs, checkpoint layout, `--eval-only` and the `--record` JSON mat
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-import os
 import pathlib
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -45,10 +41,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # osd_common lives in the repo root
+import osd_common  # noqa: E402
 
 ALGORITHM = "matd3-bc"
+PROGRAM = "matd3_bc"
 
 # ---------------------------------------------------------------------------------------------------
 # Arguments
@@ -141,19 +142,6 @@ PRESETS = {
 }
 
 
-def resolve_budgets(args: Args) -> Args:
-    """Fill every budget left at None from the chosen preset; flags given explicitly win."""
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    # a bad budget stops here with its flag named, not later as a division by zero or an empty run
-    for name in [*PRESETS[args.preset], "final_eval_episodes"]:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise SystemExit(f"matd3_bc: --{name.replace('_', '-')} is {value}; it must be at least 1")
-    return args
-
-
 # ---------------------------------------------------------------------------------------------------
 # Networks
 # ---------------------------------------------------------------------------------------------------
@@ -199,8 +187,9 @@ def joint_action(actors: nn.ModuleList, observations: torch.Tensor, max_act_dim:
                         for i, actor in enumerate(actors)], dim=1)
 
 
-def build_networks(n_agents, obs_dims, act_dims, state_dim, args: Args, device) -> dict[str, nn.Module]:
-    """Every network of the algorithm, sized from the dataset; used by training and by --eval-only."""
+def build_networks(meta: dict, args: Args, device) -> dict[str, nn.Module]:
+    """Every network of the algorithm, sized from the dataset's meta; used by training and by --eval-only."""
+    n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"]
     max_act_dim = max(act_dims)
     q_net = TwinQ(state_dim, n_agents * max_act_dim, args.hidden_dim)
     actors = nn.ModuleList([Actor(obs_dims[i], act_dims[i], args.hidden_dim) for i in range(n_agents)])
@@ -257,135 +246,15 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Guards, evaluation and small utilities
-# ---------------------------------------------------------------------------------------------------
-
-
-def check_finite(losses: dict[str, float], step: int) -> None:
-    """Stop the run with a clear message if any loss is NaN or infinite (checked when losses are logged:
-    a NaN spreads to the weights, so the logged loss stays NaN from then on)."""
-    for name, value in losses.items():
-        if not math.isfinite(value):
-            raise SystemExit(
-                f"matd3_bc: loss '{name}' is {value} at step {step}. Training stopped "
-                "(losses are checked when logged, every --log-every steps). Check the dataset for huge or "
-                "non-finite values (rewards of large scale make Q diverge), or lower the learning rates."
-            )
-
-
-class Normalizer:
-    """Standardization with dataset statistics; dimensions with (near) zero spread are left centered."""
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray):
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.where(np.asarray(std) < 1e-6, 1.0, std).astype(np.float32)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("matd3_bc: --device cuda was asked for, but torch sees no CUDA device "
-                         f"(torch {torch.__version__}). Use --device cpu or --device auto.")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
-def make_act_fn(actors: nn.ModuleList, obs_normalizer: Normalizer, device):
-    """Decentralized execution: agent i's action from its own raw observation only."""
-
-    @torch.no_grad()
-    def act(observations: list[np.ndarray]) -> list[np.ndarray]:
-        actions = []
-        for i, (actor, obs) in enumerate(zip(actors, observations)):
-            normalized = (obs - obs_normalizer.mean[i, : len(obs)]) / obs_normalizer.std[i, : len(obs)]
-            obs_tensor = torch.as_tensor(normalized, dtype=torch.float32, device=device)[None]
-            actions.append(actor(obs_tensor)[0].cpu().numpy())
-        return actions
-
-    return act
-
-
-def save_gif(frames: list[np.ndarray], path: str, fps: int = 10) -> None:
-    """Write rgb frames as an animated GIF with pillow (installed with matplotlib)."""
-    from PIL import Image
-
-    images = [Image.fromarray(np.asarray(frame, dtype=np.uint8)) for frame in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-
-
-def evaluate_policy(actors, obs_normalizer, device, task, episodes, seed, meta, capture_video=False) -> dict:
-    from osd_common import dataset_agent_obsk, evaluate
-
-    actors.eval()
-    result = evaluate(make_act_fn(actors, obs_normalizer, device), task, episodes=episodes, seed=seed,
-                      ref_random=meta.get("ref_random"), ref_expert=meta.get("ref_expert"),
-                      capture_video=capture_video, agent_obsk=dataset_agent_obsk(meta))
-    actors.train()
-    return result
-
-
-def run_eval_only(args: Args, device: torch.device) -> None:
-    """--eval-only: rebuild the actors from a checkpoint and evaluate them, without training."""
-    import osd_common  # imported where it is used, as in the main block
-    if args.checkpoint is None:
-        raise SystemExit("matd3_bc: --eval-only needs --checkpoint PATH (a .pt written by a training run)")
-    if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"matd3_bc: checkpoint {args.checkpoint!r} does not exist")
-    checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=False)
-    if checkpoint.get("algorithm", ALGORITHM) != ALGORITHM:
-        raise SystemExit(f"matd3_bc: {args.checkpoint} was written by {checkpoint['algorithm']}, not matd3-bc; "
-                         "evaluate it with that algorithm's script")
-    saved_args = Args(**checkpoint["args"])
-    meta = checkpoint["meta"]
-    if not osd_common.can_evaluate(meta["task"]):
-        raise SystemExit(f"matd3_bc: {args.checkpoint} was trained on {meta['task']} data, whose env is not built here "
-                         "(OMAR's particle world): it cannot be evaluated")
-    nets = build_networks(meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"], saved_args, device)
-    for name, net in nets.items():
-        net.load_state_dict(checkpoint[name])
-    obs_normalizer = Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
-    # as many episodes as the final evaluation of training, whose recorded score this reproduces
-    episodes = args.final_eval_episodes
-    if episodes is None:
-        episodes = osd_common.default_final_eval_episodes(checkpoint["meta"]["task"])
-    result = evaluate_policy(nets["actors"], obs_normalizer, device, meta["task"], episodes, args.seed + 10_000,
-                             meta, capture_video=args.capture_video)
-    print(f"eval-only {args.checkpoint}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}, "
-          f"normalized score {result['normalized_score']:.1f} over {episodes} episodes")
-    if args.capture_video:
-        os.makedirs("videos", exist_ok=True)
-        name = os.path.splitext(os.path.basename(args.checkpoint))[0]
-        save_gif(result["frames"], f"videos/{name}.gif")
-        print(f"saved videos/{name}.gif ({len(result['frames'])} frames)")
-
-
-# ---------------------------------------------------------------------------------------------------
 # Main: data, training (critics every step, actors and targets every policy_freq), checkpoint, record
 # ---------------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    import tyro
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    import osd_common
-
     wall_start = time.time()
-    args = resolve_budgets(tyro.cli(Args))
-
-    # seeding and device
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = pick_device(args.device)
-    if args.eval_only:
-        run_eval_only(args, device)
+    args = osd_common.resolve_budgets(PROGRAM, tyro.cli(Args), PRESETS)
+    device = osd_common.seed_and_device(PROGRAM, args)
+    if args.eval_only:  # the checkpoint's actors, rebuilt with its own Args, evaluated with its own seed
+        osd_common.run_eval_only(PROGRAM, args, device, Args, build_networks, algorithm=ALGORITHM)
         raise SystemExit(0)
 
     # dataset and normalizers
@@ -407,14 +276,13 @@ if __name__ == "__main__":
     args.task, args.tier = meta["task"], meta.get("tier", args.tier)
     if args.final_eval_episodes is None:
         args.final_eval_episodes = osd_common.default_final_eval_episodes(args.task)
-    n_agents, obs_dims, act_dims, state_dim = meta["n_agents"], list(meta["obs_dims"]), list(meta["act_dims"]), meta["state_dim"]
     # the env follows the data (its agent_obsk); OMAR's MPE data trains without evaluation
     evaluable = osd_common.check_env_fits_data("matd3_bc", data, args.task, args.record is not None)
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     # observations and states standardized once with dataset statistics (as CORL's TD3+BC)
-    obs_normalizer = Normalizer(data.observations.mean(0), data.observations.std(0))
-    state_normalizer = Normalizer(data.states.mean(0), data.states.std(0))
+    obs_normalizer = osd_common.Normalizer(data.observations.mean(0), data.observations.std(0))
+    state_normalizer = osd_common.Normalizer(data.states.mean(0), data.states.std(0))
     observations = obs_normalizer(data.observations) * data.obs_mask  # padding stays exactly 0
     next_observations = obs_normalizer(data.next_observations) * data.obs_mask
     states, next_states = state_normalizer(data.states), state_normalizer(data.next_states)
@@ -433,7 +301,7 @@ if __name__ == "__main__":
     states, next_states = to_tensor(states), to_tensor(next_states)
     actions, rewards, terminals = to_tensor(actions), to_tensor(rewards), to_tensor(terminals)
 
-    nets = build_networks(n_agents, obs_dims, act_dims, state_dim, args, device)
+    nets = build_networks(meta, args, device)
     q_net, q_target, actors, actor_targets = (nets[k] for k in ("q_net", "q_target", "actors", "actor_targets"))
     for net in (q_target, actor_targets):
         net.requires_grad_(False)
@@ -442,8 +310,7 @@ if __name__ == "__main__":
     actor_optimizer = torch.optim.Adam(actors.parameters(), lr=args.actor_lr, **fused)  # per parameter: one per actor
 
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-        f"|{key}|{value}|" for key, value in dataclasses.asdict(args).items()))
+    writer.add_text("hyperparameters", osd_common.hyperparameter_table(args))
     print(f"matd3_bc: {run_name}; dataset {data.path} ({n_transitions} transitions); device {device}")
 
     # ---- training
@@ -477,7 +344,7 @@ if __name__ == "__main__":
 
         if (step + 1) % args.log_every == 0 or step == args.total_steps - 1:  # the loop's only host syncs
             logged = {name: value.item() for name, value in losses.items()}
-            check_finite(logged, step)
+            osd_common.check_finite(PROGRAM, logged, step, fix="lower the learning rates (rewards of large scale make Q diverge)")
             sps = int((step + 1) / (time.time() - start_time))
             for name, value in logged.items():
                 writer.add_scalar(f"losses/{name}", value, step)
@@ -491,7 +358,7 @@ if __name__ == "__main__":
             # the last evaluation is the recorded final score: more episodes, so that evaluation noise
             # does not swamp the differences between seeds and algorithms
             episodes = args.final_eval_episodes if step == args.total_steps - 1 else args.eval_episodes
-            result = evaluate_policy(actors, obs_normalizer, device, args.task, episodes, eval_seed, meta)
+            result = osd_common.evaluate_actors(actors, obs_normalizer, device, episodes, eval_seed, meta)
             eval_time += time.time() - eval_start
             eval_history.append((step + 1, result))
             writer.add_scalar("charts/episodic_return", result["return_mean"], step)
@@ -510,21 +377,8 @@ if __name__ == "__main__":
     # ---- checkpoint: networks, normalizers, Args and dataset meta (the layout of osd_mpe.py)
     checkpoint_path = None
     if args.save_model:
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
-        checkpoint_path = os.path.join(args.checkpoint_dir, f"{run_name}.pt")
-        torch.save({
-            "algorithm": ALGORITHM,
-            **{name: net.state_dict() for name, net in nets.items()},
-            "normalizers": {"obs_mean": obs_normalizer.mean, "obs_std": obs_normalizer.std,
-                            "state_mean": state_normalizer.mean, "state_std": state_normalizer.std},
-            "args": dataclasses.asdict(args),
-            "meta": {key: meta[key] for key in ("task", "tier", "n_agents", "obs_dims", "act_dims", "state_dim",
-                                                "ref_random", "ref_expert", "references", "agent_obsk", "sha256")
-                     if key in meta},
-            "final_normalized_score": last_score,
-            "best_normalized_score": best_score,
-        }, checkpoint_path)
-        print(f"saved checkpoint {checkpoint_path}")
+        checkpoint_path = osd_common.save_checkpoint(args, run_name, nets, {"obs": obs_normalizer, "state": state_normalizer}, meta, algorithm=ALGORITHM,
+                                                     final_normalized_score=last_score, best_normalized_score=best_score)
     writer.close()
 
     # ---- run record for benchmarks/ (written whole, then renamed)

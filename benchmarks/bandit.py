@@ -7,7 +7,9 @@ they end in one joint mode (reward about +0.64) or in two different ones (about 
 modes (about 0). The paper reports independent regularization 0 ± 1 and OMSD 1 ± 0 over 10 seeds.
 
 For each seed: one behavior model per decomposition (sequential masks, or all masks 0), then one actor
-pair per weighting w(t), from the same actor initialization.
+pair per weighting w(t), from the same actor initialization. A didactic game: it imports the algorithm's
+functions from osd_mpe.py (networks, behavior_loss, actor_loss, prefix_masks); only the data and the loop
+sizes are its own.
 
     python benchmarks/bandit.py --seeds 0 1 2 3 4 5 6 7 8 9
     python benchmarks/bandit.py --seeds 0 1 --t-max 0.2 --actor-lr 0.01

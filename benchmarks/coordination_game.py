@@ -8,8 +8,8 @@ matched and a mismatched joint action, and the learned critic cannot tell them a
 on held-out contexts, counts a context as *coordinated* when both actors' actions sit in the same mode
 (|a_i| > m / 2, same sign) and *mis-coordinated* when they sit in opposite modes.
 
-Every piece is osd_mpe.py's own: BehaviorScoreNet with behavior_loss, TwinQ/ValueNet with q_loss and
-value_loss, Actor with actor_loss (eq. (5.2)); only the data and the loop sizes are the game's.
+A didactic game: it imports every piece from osd_mpe.py: BehaviorScoreNet with behavior_loss, TwinQ/ValueNet
+with q_loss and value_loss, Actor with actor_loss (eq. (5.2)); only the data and the loop sizes are the game's.
 
     python benchmarks/coordination_game.py                        # defaults of osd_mpe.py, 5 seeds
     python benchmarks/coordination_game.py --t-max 0.98 --weighting sigma2 --seeds 0 1 2

@@ -3,7 +3,8 @@
 Three checks on an osd_mpe.py or osd_mamujoco.py checkpoint and the dataset it was trained on
 (docs/algorithm.md §4, §5; issue 19, item 1). Q is the mean of the two target twins, the Q whose gradient
 the actors' loss (5.2) follows; states and observations are standardized with the checkpoint's own
-statistics.
+statistics. It rebuilds the networks with the script that wrote the checkpoint, loaded by path
+(spread_coordination.load_script): a diagnostic of that script's own networks.
 
 (a) Ranking. Over the dataset's episodes, the Spearman rank correlation between Q(s_0, a_0) at each
     episode's first transition and that episode's discounted Monte-Carlo return sum_t gamma^t r_t, with
@@ -91,7 +92,7 @@ def load_run(checkpoint_path: str, dataset: str | None = None):
                          "(it lacks the behavior model, target Q, V or actors)")
     meta = checkpoint["meta"]
     script = load_script("osd_mpe.py" if meta["task"].startswith("mpe/") else "osd_mamujoco.py")
-    args = script.checkpoint_args(checkpoint["args"])
+    args = osd_common.checkpoint_args(script.Args, checkpoint["args"])
     try:
         if dataset is not None:
             data_path = osd_common.resolve_dataset_path(dataset)
@@ -106,8 +107,7 @@ def load_run(checkpoint_path: str, dataset: str | None = None):
         raise SystemExit(f"critic_check: {data_path} is not the dataset {path} was trained on (sha256 "
                          f"{data.meta.get('sha256', '?')[:12]} against {meta.get('sha256', '?')[:12]}); pass the "
                          "run's own file with --dataset")
-    nets = script.build_networks(meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"], args,
-                                 torch.device("cpu"))
+    nets = script.build_networks(meta, args, torch.device("cpu"))
     for name, net in nets.items():
         net.load_state_dict(checkpoint[name])
         net.eval()

@@ -56,7 +56,7 @@ SCRIPTS = {  # (algorithm, task family) -> script, relative to the repo root
     ("matd3-bc", "mamujoco"): "baselines/matd3_bc.py",
 }
 # algorithm -> (the algorithm whose script and budget it uses, extra flags). The OMSD scripts name their
-# record's algorithm from these flags (record_algorithm), so a variant run by hand lands in the same column.
+# record's algorithm from these flags (osd_common.omsd_algorithm_name), so a variant run by hand lands in the same column.
 VARIANTS = {
     "omsd": ("omsd", []),
     "omsd-independent": ("omsd", ["--decomposition", "independent"]),

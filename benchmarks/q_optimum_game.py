@@ -8,8 +8,9 @@ r = -(a_1 - 0.5)^2 - (a_2 + 0.3)^2 has one optimum, inside the box at (0.5, -0.3
 Actors can reach it only by following the critic's gradient: with a suitable beta they end near it, with
 beta 0 (no Q term) they do not, and with the sign of the Q term flipped they run away from it.
 
-Every algorithmic piece is osd_mpe.py's own: BehaviorScoreNet with behavior_loss, TwinQ/ValueNet with
-q_loss and value_loss, Actor with actor_loss; only the data, the reward and the loop sizes are the game's.
+A didactic game: it imports every algorithmic piece from osd_mpe.py: BehaviorScoreNet with behavior_loss,
+TwinQ/ValueNet with q_loss and value_loss, Actor with actor_loss; only the data, the reward and the loop sizes
+are the game's.
 tests/test_q_optimum_game.py runs it.
 
     python benchmarks/q_optimum_game.py                                       # beta 0 and the game's beta

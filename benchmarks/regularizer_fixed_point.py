@@ -65,10 +65,9 @@ def main(argv=None) -> int:
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     meta = checkpoint["meta"]
     script = load_script(meta["task"])
-    saved_args = script.checkpoint_args(checkpoint["args"])
+    saved_args = osd_common.checkpoint_args(script.Args, checkpoint["args"])
     data = osd_common.load_dataset(saved_args.dataset or f"{meta['task']}/{meta['tier']}")
-    nets = script.build_networks(meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"],
-                                 saved_args, torch.device("cpu"))
+    nets = script.build_networks(meta, saved_args, torch.device("cpu"))
     for key in ("score_net", "actors"):
         nets[key].load_state_dict(checkpoint[key])
     score_net, actors = nets["score_net"], nets["actors"]

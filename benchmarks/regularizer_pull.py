@@ -13,7 +13,8 @@ norm of its mean over the states, per agent, for four joint actions:
   leader=uniform  the first agent takes a uniform random action, the others 0
   actors          the checkpoint's own trained actors
 
-and the trained actors' mean |action| per agent (0 is the middle of the action box).
+and the trained actors' mean |action| per agent (0 is the middle of the action box). It loads osd_mpe.py by
+path (spread_coordination.load_script) to rebuild the checkpoint's networks and use its diffusion schedule.
 
     python benchmarks/regularizer_pull.py --checkpoint checkpoints/<run>.pt
     python benchmarks/regularizer_pull.py --checkpoint checkpoints/<run>.pt --states 4000 --draws 32
@@ -50,7 +51,7 @@ def load_run(checkpoint_path: str):
     if "score_net" not in checkpoint:
         raise SystemExit(f"regularizer_pull: {path} has no behavior model (score_net): pass an osd_mpe.py "
                          "checkpoint, not a baseline's")
-    args, meta = osd_mpe.checkpoint_args(checkpoint["args"]), checkpoint["meta"]
+    args, meta = osd_common.checkpoint_args(osd_mpe.Args, checkpoint["args"]), checkpoint["meta"]
     try:
         data_path = (osd_common.resolve_dataset_path(args.dataset) if args.dataset
                      else osd_common.dataset_path(meta["task"], meta["tier"]))
@@ -61,8 +62,7 @@ def load_run(checkpoint_path: str):
         raise SystemExit(f"regularizer_pull: {data_path} is not the dataset {path} was trained on (sha256 "
                          f"{data.meta.get('sha256', '?')[:12]} against {meta.get('sha256', '?')[:12]}); "
                          "regenerate it with datasets/generate.py or pass the run's own file")
-    nets = osd_mpe.build_networks(meta["n_agents"], meta["obs_dims"], meta["act_dims"], meta["state_dim"], args,
-                                  torch.device("cpu"))
+    nets = osd_mpe.build_networks(meta, args, torch.device("cpu"))
     for name, net in nets.items():
         net.load_state_dict(checkpoint[name])
         net.eval()

@@ -146,6 +146,18 @@ def cost_table(records: list[dict], algorithms: list[str]) -> list[str]:
 
 def format_throughput(report: dict) -> str:
     """Markdown tables of a benchmarks/throughput.py report."""
+    if "runs" in report:  # the scripts run as command lines: updates/s of each phase from the run records
+        phases = list(dict.fromkeys(r["phase"] for r in report["runs"]))
+        rows = {}
+        for r in report["runs"]:
+            rows.setdefault((r["task"], r["device"], r["threads"], r["batch_size"]), {})[r["phase"]] = r["updates_per_s"]
+        lines = ["| task | device | threads | batch | " + " | ".join(f"{p}, updates/s" for p in phases) + " |",
+                 "|---|---|---|---|" + "---|" * len(phases)]
+        for (task, device, threads, batch), rates in rows.items():
+            lines.append(f"| {task} | {device} | {threads} | {batch} | "
+                         + " | ".join(f"{rates[p]:.0f}" if p in rates else "—" for p in phases) + " |")
+        return "\n".join(lines)
+    # reports written before throughput.py ran the scripts: random batches through imported updates
     phases = ("behavior", "critic", "actor")
     rows = {}
     for r in report["updates"]:
@@ -415,9 +427,13 @@ def build_report(records_dirs: list[pathlib.Path], out: pathlib.Path, figures_di
 
     if throughput is not None and throughput.exists():
         measured = json.loads(throughput.read_text())
-        lines += ["## Throughput of OMSD's phases", "",
-                  f"`{measured['command']}` ({measured['measured_at']}), synthetic batches of each task's shapes; "
-                  "machines: " + "; ".join(f"{key}: {machine_line(m)}" for key, m in measured["machines"].items()),
+        if "runs" in measured:  # the scripts' own training loops, on the tasks' datasets
+            machines = {f"{r['device']}/{r['threads']}": r["record"]["machine"] for r in measured["runs"]}
+            how = "the scripts run as command lines on each task's dataset (commands in the report's runs)"
+        else:
+            machines, how = measured["machines"], "synthetic batches of each task's shapes"
+        lines += ["## Throughput of OMSD's phases", "", f"`{measured['command']}` ({measured['measured_at']}), {how}; "
+                  "machines: " + "; ".join(f"{key}: {machine_line(m)}" for key, m in machines.items()),
                   "", format_throughput(measured), ""]
 
     out.parent.mkdir(parents=True, exist_ok=True)

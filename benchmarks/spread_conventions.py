@@ -3,8 +3,8 @@
 A spread convention assigns each agent a landmark (datasets/behavior_policies.py: convention c sends agent
 i to landmark PERMUTATIONS_3[c][i]). At an episode's first step every agent stands still, so the state
 says nothing about the convention: the team must choose one there, together, and keep it. For an
-osd_mpe.py checkpoint of spread, at the first step of the dataset's episodes (or `--step K`), this
-script measures what each piece of OMSD does:
+osd_mpe.py checkpoint of spread (the script loaded by path, regularizer_pull.load_run), at the first step of
+the dataset's episodes (or `--step K`), this script measures what each piece of OMSD does:
 
   data                 the dataset's own joint actions (a check of the measure: 100% conventions)
   behavior model       joint actions sampled from the trained diffusion model, agent by agent in the
@@ -120,7 +120,7 @@ def rollouts(act: Callable[[np.ndarray], np.ndarray], meta: dict, episodes: int)
 def sample_agent(osd_mpe, score_net, condition, prefix_actions, prefix_mask, act_mask, agent: int,
                  n_steps: int = 25) -> np.ndarray:
     """Agent `agent`'s action sampled from the behavior model given fixed predecessor actions (the same
-    deterministic DDIM pass as osd_mpe.sample_behavior_actions, for one agent)."""
+    deterministic DDIM pass as sample_behavior_actions, for one agent)."""
     batch, n_agents = condition.shape[0], condition.shape[1]
     times = torch.linspace(1.0, osd_mpe.BEHAVIOR_T_MIN, n_steps + 1)
     x = torch.randn(batch, act_mask.shape[-1]) * act_mask[agent]
@@ -132,6 +132,19 @@ def sample_agent(osd_mpe, score_net, condition, prefix_actions, prefix_mask, act
         clean = ((x - sigma_now * eps) / alpha_now).clamp(-1, 1)
         x = (alpha_next * clean + sigma_next * eps) * act_mask[agent]
     return x.clamp(-1, 1).numpy()
+
+
+@torch.no_grad()
+def sample_behavior_actions(osd_mpe, score_net, condition: torch.Tensor, prefix_mask: torch.Tensor,
+                            act_mask: torch.Tensor, order: list[int] | None = None, n_steps: int = 50) -> torch.Tensor:
+    """Joint actions sampled from an osd_mpe.py behavior model, agent by agent in `order` (docs/algorithm.md
+    §3), each conditioned on the actions already sampled for its predecessors (sample_agent). CPU tensors."""
+    batch, n_agents = condition.shape[0], condition.shape[1]
+    joint = torch.zeros(batch, n_agents, act_mask.shape[-1])
+    for agent in (range(n_agents) if order is None else order):
+        joint[:, agent] = torch.as_tensor(sample_agent(osd_mpe, score_net, condition, joint, prefix_mask, act_mask,
+                                                       agent, n_steps))
+    return joint
 
 
 @torch.no_grad()
@@ -155,8 +168,8 @@ def measure(checkpoint_path: str, n_states: int = 500, episodes: int = 100, seed
 
     def behavior_act(raw_obs: np.ndarray) -> np.ndarray:
         """Sample the behavior model agent by agent (in the checkpoint's order) at these observations."""
-        return osd_mpe.sample_behavior_actions(nets["score_net"], inputs(raw_obs)[1], prefix_mask, act_mask,
-                                               n_steps=25).numpy()
+        return sample_behavior_actions(osd_mpe, nets["score_net"], inputs(raw_obs)[1], prefix_mask, act_mask,
+                                       n_steps=25).numpy()
 
     def conditional_samples(raw_obs: np.ndarray, prefix_actions: np.ndarray) -> np.ndarray:
         """Each agent sampled from the behavior model given `prefix_actions` of its predecessors (given

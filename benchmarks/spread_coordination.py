@@ -12,7 +12,8 @@ landmark is left uncovered: a mis-coordinated episode.
     python benchmarks/spread_coordination.py --records benchmarks/records/short --tier mixed --episodes 200
 
 It reads each record's `checkpoint` (checkpoints/ is a local, git-ignored cache: the runs must have
-been made on this machine), rebuilds the actors with the script that trained them, and prints a
+been made on this machine), rebuilds the actors with the script that trained them (loaded by path,
+load_script), and prints a
 markdown table: per algorithm, mean ± std over seeds of the overlap share and of the normalized score
 over the same episodes. Episodes use seeds 20,000+ (neither training nor the runs' own evaluations).
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
-import inspect
 import json
 import pathlib
 import statistics
@@ -58,17 +58,12 @@ def load_act_fn(algorithm: str, checkpoint_path: str):
     script = load_script(SCRIPTS[algorithm])
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     meta = checkpoint["meta"]
-    # the OMSD scripts map the Args of older checkpoints (checkpoint_args); the baselines' load as saved
-    saved_args = (script.checkpoint_args(checkpoint["args"]) if hasattr(script, "checkpoint_args")
-                  else script.Args(**checkpoint["args"]))
-    sizes = [meta["n_agents"], meta["obs_dims"], meta["act_dims"]]
-    if "state_dim" in inspect.signature(script.build_networks).parameters:  # BC's actors need no state size
-        sizes.append(meta["state_dim"])
-    actors = script.build_networks(*sizes, saved_args, torch.device("cpu"))["actors"]
+    saved_args = osd_common.checkpoint_args(script.Args, checkpoint["args"])  # older checkpoints' Args mapped
+    actors = script.build_networks(meta, saved_args, torch.device("cpu"))["actors"]
     actors.load_state_dict(checkpoint["actors"])
     actors.eval()
-    normalizer = script.Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
-    return script.make_act_fn(actors, normalizer, torch.device("cpu")), meta
+    normalizer = osd_common.Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
+    return osd_common.make_act_fn(actors, normalizer, torch.device("cpu")), meta
 
 
 def assignment(observations: list[np.ndarray]) -> str:

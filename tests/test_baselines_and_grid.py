@@ -149,24 +149,29 @@ def test_same_seed_same_run(train, tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("algorithm", sorted(BASELINES))
 def test_nan_guard_stops_with_a_clear_message(algorithm):
-    module = load_module(REPO / BASELINES[algorithm])
-    module.check_finite({"ok": 1.0}, 3)
-    with pytest.raises(SystemExit, match=r"loss 'q' is nan at step 7\. Training stopped"):
-        module.check_finite({"ok": 1.0, "q": float("nan")}, 7)
+    module = load_module(REPO / BASELINES[algorithm])  # the script's program name, in osd_common's guard
+    osd_common.check_finite(module.PROGRAM, {"ok": 1.0}, 3)
+    with pytest.raises(SystemExit, match=rf"{module.PROGRAM}: loss 'q' is nan at step 7\. Training stopped"):
+        osd_common.check_finite(module.PROGRAM, {"ok": 1.0, "q": float("nan")}, 7)
 
 
 @pytest.mark.parametrize("script, flag, value", [
     ("osd_mpe.py", "eval_every", 0), ("osd_mamujoco.py", "policy_steps", 0), ("osd_mpe.py", "critic_steps", -1),
-    ("baselines/bc.py", "final_eval_episodes", 0), ("baselines/matd3_bc.py", "batch_size", -4)])
+    ("baselines/bc.py", "final_eval_episodes", 0), ("baselines/matd3_bc.py", "batch_size", -4),
+    ("osd_mpe.py", "seed", -5), ("baselines/bc.py", "seed", -1), ("osd_mamujoco.py", "beta", -0.1)])
 def test_a_budget_below_its_minimum_is_refused_naming_its_flag(script, flag, value):
     module = load_module(REPO / script)
-    filled = module.resolve_budgets(module.Args())  # the preset's own values pass
-    assert getattr(filled, flag) is None or getattr(filled, flag) >= 1
+
+    def resolve(args):
+        return osd_common.resolve_budgets(module.PROGRAM, args, module.PRESETS)
+
+    filled = resolve(module.Args())  # the preset's own values pass
+    assert getattr(filled, flag) is None or getattr(filled, flag) >= osd_common.FLAG_MINIMUMS.get(flag, 1)
     if script.startswith("osd_"):  # phase 1 may be skipped (0 steps), as --pretrained does
-        assert module.resolve_budgets(module.Args(pretrain_steps=0, critic_steps=0)).pretrain_steps == 0
-    low = 0 if flag == "critic_steps" else 1
-    with pytest.raises(SystemExit, match=f"--{flag.replace('_', '-')} is {value}; it must be at least {low}"):
-        module.resolve_budgets(module.Args(**{flag: value}))
+        assert resolve(module.Args(pretrain_steps=0, critic_steps=0)).pretrain_steps == 0
+    low = osd_common.FLAG_MINIMUMS.get(flag, 1)
+    with pytest.raises(SystemExit, match=f"{module.PROGRAM}: --{flag.replace('_', '-')} is {value}; it must be at least {low}"):
+        resolve(module.Args(**{flag: value}))
 
 
 def test_unknown_task_is_refused(tmp_path):
@@ -472,56 +477,19 @@ def test_spread_coordination_classifies_final_assignments(train, tmp_path, monke
     assert result["overlap"] == result["shares"].get("overlap", 0.0)
 
 
-def test_throughput_measures_every_phase(tmp_path):
+def test_throughput_runs_the_scripts_and_reads_their_records(tiny_dataset, tmp_path):
+    """benchmarks/throughput.py runs osd_mpe.py as command lines (phase 1, then phase 2 on phase 1's
+    checkpoint with --pretrained) and reports the updates/s of their run records, which it keeps whole."""
     import throughput
 
     out = tmp_path / "throughput.json"
-    assert throughput.main(["--seconds", "0.01", "--batch-sizes", "8", "--latency-calls", "5", "--devices", "cpu",
-                            "--out", str(out)]) == 0
+    assert throughput.main(["--dataset", str(tiny_dataset), "--steps", "5", "--actor-steps", "4", "--batch-sizes", "8",
+                            "--devices", "cpu", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert {r["phase"] for r in report["updates"]} == {"behavior", "critic", "actor"}
-    assert all(r["updates_per_s"] > 0 and r["batch_size"] == 8 for r in report["updates"])
-    assert report["actor_latency"][0]["median_ms"] > 0 and report["actor_latency"][0]["n_agents"] == 3
+    first, second = report["runs"]
+    assert (first["phase"], second["phase"]) == ("phase 1 (behavior + critics)", "phase 2 (actors)")
+    assert first["updates"] == 5 + 1 and second["updates"] == 4  # phase 1 ends with one actor step
+    assert second["record"]["args"]["pretrained"] == first["record"]["checkpoint"]
+    assert all(r["updates_per_s"] > 0 and r["record"]["args"]["actor_batch_size"] == 8 for r in report["runs"])
+    assert first["command"].startswith("python osd_mpe.py --dataset")
     assert "| mpe/simple_spread | cpu | 1 | 8 |" in throughput.format_throughput(report)
-
-
-def test_throughput_loop_variants_compute_the_same_updates(tmp_path):
-    """The GPU-path changes of the training loop (resident data, no per-step sync, multi-tensor Polyak,
-    fused Adam) change how the work reaches the device, not the numbers: every variant trains the
-    networks to the same weights, and --loop records every variant."""
-    import throughput
-    import torch
-
-    device = torch.device("cpu")
-    weights = {}
-    for label, changes in throughput.loop_variants(device):
-        steps, nets = throughput.make_loop_steps("mpe/simple_spread", 16, device, changes, n_transitions=200)
-        torch.manual_seed(5)  # the diffusion times and noises of the steps
-        for _ in range(3):
-            steps["phase-1 step"]()
-        for _ in range(2):
-            steps["phase-2 step"]()
-        weights[label] = torch.cat([p.detach().flatten() for name in ("score_net", "q_net", "q_target", "actors")
-                                    for p in nets[name].parameters()])
-    before = weights.pop("before")
-    assert len(weights) == len(throughput.LOOP_CHANGES)
-    for label, w in weights.items():
-        if "fused" in label:  # one fused kernel rounds differently in the last bits: after these 5 steps
-            # the actors differed by up to 2.2e-6 on a 1-thread x86_64 CPU; a wrong update moves entries by ~lr (3e-4)
-            assert torch.allclose(w, before, rtol=1e-5, atol=1e-5), label
-        else:  # the other changes only move where and when the same operations run: bit-identical
-            assert torch.equal(w, before), label
-    _, untrained = throughput.make_loop_steps("mpe/simple_spread", 16, device, (), n_transitions=200)
-    initial = torch.cat([p.detach().flatten() for name in ("score_net", "q_net", "q_target", "actors")
-                         for p in untrained[name].parameters()])
-    assert not torch.allclose(before, initial)  # the steps did train: the comparison above is not vacuous
-    with pytest.raises(ValueError, match="unknown loop changes"):
-        throughput.make_loop_steps("mpe/simple_spread", 16, device, ("warp drive",))
-
-    out = tmp_path / "throughput.json"
-    assert throughput.main(["--seconds", "0.01", "--batch-sizes", "8", "--latency-calls", "5", "--devices", "cpu",
-                            "--loop", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
-    assert {r["variant"] for r in report["loop"]} == {label for label, _ in throughput.loop_variants(device)}
-    assert all(r["steps_per_s"] > 0 for r in report["loop"])
-    assert "| mpe/simple_spread | cpu | 1 | 8 | + fused Adam |" in throughput.format_throughput(report)

@@ -139,13 +139,14 @@ import os, sys
 os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, {str(REPO)!r})
 import torch
+import osd_common as c
 import osd_mamujoco as m
 ckpt = torch.load({str(checkpoint)!r}, weights_only=False)
-nets = m.build_networks(2, [11, 11], [3, 3], 17, m.Args(**ckpt["args"]), torch.device("cpu"))
+nets = m.build_networks(ckpt["meta"], m.Args(**ckpt["args"]), torch.device("cpu"))
 nets["actors"].load_state_dict(ckpt["actors"])
-norm = m.Normalizer(ckpt["normalizers"]["obs_mean"], ckpt["normalizers"]["obs_std"])
-frames = m.render_episode(m.make_act_fn(nets["actors"], norm, "cpu"), {TASK!r}, seed=0, frame_skip=500)
-m.save_gif(frames, {str(tmp_path / "episode.gif")!r})
+norm = c.Normalizer(ckpt["normalizers"]["obs_mean"], ckpt["normalizers"]["obs_std"])
+frames = c.render_episode("test", c.make_act_fn(nets["actors"], norm, "cpu"), {TASK!r}, seed=0, frame_skip=500)
+c.save_gif(frames, {str(tmp_path / "episode.gif")!r}, scale=0.5)
 print(len(frames), frames[0].shape)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

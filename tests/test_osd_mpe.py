@@ -21,8 +21,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import osd_common  # noqa: E402
-from osd_mpe import (  # noqa: E402
-    BehaviorScoreNet, behavior_loss, check_finite, prefix_masks, sample_behavior_actions, vp_alpha_sigma)
+import osd_mpe  # noqa: E402
+from osd_mpe import BehaviorScoreNet, behavior_loss, prefix_masks, vp_alpha_sigma  # noqa: E402
+from spread_conventions import sample_behavior_actions  # noqa: E402  (test and diagnostic code, not the script's)
 
 torch.set_num_threads(1)
 
@@ -107,7 +108,7 @@ def test_sequential_sampling_reproduces_matched_modes(mixture_score_net):
     """Sampling agent by agent (agent 2 conditioned on agent 1's sample) keeps the data's coupling: both
     signs agree in >= 90% of joint samples (data: 98.8%; an uncoupled sampler would give 50%)."""
     torch.manual_seed(1)
-    samples = sample_behavior_actions(mixture_score_net, torch.zeros(2000, 2, 1), prefix_masks(2, "sequential"),
+    samples = sample_behavior_actions(osd_mpe, mixture_score_net, torch.zeros(2000, 2, 1), prefix_masks(2, "sequential"),
                                       torch.ones(2, 1), n_steps=30)[..., 0]
     matched = ((samples[:, 0] > 0) == (samples[:, 1] > 0)).float().mean().item()
     assert matched >= 0.9
@@ -267,37 +268,42 @@ def test_same_seed_gives_identical_losses_and_weights(trained_run):
 
 
 def test_eval_only_reloads_checkpoint_without_training(trained_run):
+    """--eval-only evaluates with the checkpoint's seed (3), whatever --seed says, so it reproduces the run's
+    recorded final score (3 episodes, as the run's last evaluation)."""
     checkpoint = next((trained_run / "checkpoints").glob("*__first__3__*.pt"))
-    result = run_script(trained_run, "--eval-only", "--checkpoint", str(checkpoint), "--final-eval-episodes", "2")
+    result = run_script(trained_run, "--eval-only", "--checkpoint", str(checkpoint), "--final-eval-episodes", "3",
+                        "--seed", "99")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "eval-only" in result.stdout and "normalized score" in result.stdout and "over 2 episodes" in result.stdout
+    assert "eval-only" in result.stdout and "over 3 episodes (the checkpoint's seed 3)" in result.stdout
+    recorded = torch.load(checkpoint, weights_only=False)["final_normalized_score"]
+    assert f"normalized score {recorded:.1f} over 3 episodes" in result.stdout, result.stdout
     assert "phase 1" not in result.stdout + result.stderr  # no training happened
 
 
 def test_checkpoints_from_before_q_normalization_still_evaluate(trained_run, tmp_path, capsys):
     """Checkpoints written when the flag was the boolean --normalize-q hold `normalize_q`, not
     `q_normalization`: --eval-only maps it (True: batch, False: none) instead of failing on the key."""
-    import osd_mpe
-
     checkpoint = torch.load(next((trained_run / "checkpoints").glob("*__first__3__*.pt")), weights_only=False)
     old_args = {key: value for key, value in checkpoint["args"].items() if key != "q_normalization"}
-    assert osd_mpe.checkpoint_args({**old_args, "normalize_q": True}).q_normalization == "batch"
-    assert osd_mpe.checkpoint_args({**old_args, "normalize_q": False}).q_normalization == "none"
+    assert osd_common.checkpoint_args(osd_mpe.Args, {**old_args, "normalize_q": True}).q_normalization == "batch"
+    assert osd_common.checkpoint_args(osd_mpe.Args, {**old_args, "normalize_q": False}).q_normalization == "none"
     torch.save({**checkpoint, "args": {**old_args, "normalize_q": True}}, tmp_path / "old.pt")
-    osd_mpe.run_eval_only(osd_mpe.Args(eval_only=True, checkpoint=str(tmp_path / "old.pt"), final_eval_episodes=1),
-                          torch.device("cpu"))
+    osd_common.run_eval_only("osd_mpe", osd_mpe.Args(eval_only=True, checkpoint=str(tmp_path / "old.pt"),
+                                                     final_eval_episodes=1),
+                             torch.device("cpu"), osd_mpe.Args, osd_mpe.build_networks)
     assert "over 1 episodes" in capsys.readouterr().out
 
 
 def test_record_algorithm_names_the_variant_that_ran():
     """The grid's omsd-beta0 passes --beta 0; the script names the record from the flags, so a hand-run
     --beta 0 lands in the same report column and a grid run whose flags were overridden is noticed."""
-    from osd_mpe import Args, record_algorithm
+    from osd_common import omsd_algorithm_name
+    from osd_mpe import Args
 
-    assert record_algorithm(Args(beta=0.3)) == "omsd"
-    assert record_algorithm(Args(beta=0.0)) == "omsd-beta0"
-    assert record_algorithm(Args(beta=0.01, decomposition="independent")) == "omsd-independent"
-    assert record_algorithm(Args(beta=0.0, decomposition="independent")) == "omsd-independent-beta0"
+    assert omsd_algorithm_name(Args(beta=0.3)) == "omsd"
+    assert omsd_algorithm_name(Args(beta=0.0)) == "omsd-beta0"
+    assert omsd_algorithm_name(Args(beta=0.01, decomposition="independent")) == "omsd-independent"
+    assert omsd_algorithm_name(Args(beta=0.0, decomposition="independent")) == "omsd-independent-beta0"
 
 
 def test_pretrained_skips_phase_one_and_refuses_other_settings(trained_run):
@@ -329,11 +335,16 @@ def test_bad_tier_and_missing_checkpoint_give_clear_errors(workdir):
     assert "--tier 'legendary' is not a tier; valid tiers: expert, medium, medium-replay, random, mixed" in result.stderr
     result = run_script(workdir, "--eval-only", "--checkpoint", "nowhere.pt")
     assert result.returncode != 0 and "checkpoint 'nowhere.pt' does not exist" in result.stderr
+    # a negative seed or beta stops before any work, naming the flag (numpy's generators refuse negative seeds)
+    for flag, value in (("--seed", "-5"), ("--beta", "-0.1")):
+        result = run_script(workdir, "--dataset", "tiny.npz", flag, value, *TINY_FLAGS)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert f"osd_mpe: {flag} is {value}; it must be at least 0" in result.stderr
 
 
 def test_nan_guard_names_the_loss_and_step(workdir):
     with pytest.raises(SystemExit, match=r"loss 'q' is nan at phase-1 step 7"):
-        check_finite({"behavior": 0.5, "q": float("nan")}, 7, "phase-1")
+        osd_common.check_finite("osd_mpe", {"behavior": 0.5, "q": float("nan")}, 7, "phase-1")
     # end to end: rewards of 1e30 are finite in the file, but their squared TD error overflows float32
     random_rollout_dataset(workdir / "huge.npz", reward_scale=1e30)
     result = run_script(workdir, "--dataset", "huge.npz", *TINY_FLAGS)

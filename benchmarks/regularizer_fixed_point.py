@@ -11,14 +11,14 @@ It prints the mean |a - a_data|, the share with the data's sign and the share at
 
     python benchmarks/regularizer_fixed_point.py --checkpoint checkpoints/<omsd run>.pt --bc-checkpoint checkpoints/<bc run>.pt
 
-A diagnostic: it rebuilds the networks with the script that trained them, loaded by path, and uses that
+A diagnostic: it rebuilds the networks with the script that trained them, loaded by path (critic_check.load_run,
+which also checks the dataset is the run's own), and uses that
 script's loss pieces (vp_alpha_sigma, score_weight, prefix_masks).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 
@@ -29,18 +29,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import osd_common  # noqa: E402
+from critic_check import load_run  # noqa: E402  (the checkpoint, its script, networks and dataset, checked)
 
 T_RANGES = ((0.02, 0.98), (0.02, 0.3), (0.005, 0.1), (0.002, 0.05))
-
-
-def load_script(task: str):
-    path = REPO / ("osd_mpe.py" if task.startswith("mpe/") else "osd_mamujoco.py")
-    name = f"_osd_script_{path.stem}"
-    if name not in sys.modules:  # registered before it runs: its dataclasses look themselves up there
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
 
 
 def compare(name: str, actions: torch.Tensor, data_actions: torch.Tensor, act_mask: torch.Tensor) -> None:
@@ -62,25 +53,19 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
 
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    script, checkpoint, saved_args, nets, data = load_run(args.checkpoint)
     meta = checkpoint["meta"]
-    script = load_script(meta["task"])
-    saved_args = osd_common.checkpoint_args(script.Args, checkpoint["args"])
-    data = osd_common.load_dataset(saved_args.dataset or f"{meta['task']}/{meta['tier']}")
-    nets = script.build_networks(meta, saved_args, torch.device("cpu"))
-    for key in ("score_net", "actors"):
-        nets[key].load_state_dict(checkpoint[key])
     score_net, actors = nets["score_net"], nets["actors"]
     n_agents = meta["n_agents"]
 
-    def standardize(array, mean, std):
-        return torch.as_tensor((array - mean) / np.where(np.asarray(std) < 1e-6, 1.0, std), dtype=torch.float32)
+    def standardized(array, normalizers, key):
+        return torch.as_tensor(osd_common.Normalizer(normalizers[f"{key}_mean"], normalizers[f"{key}_std"])(array),
+                               dtype=torch.float32)
 
     index = np.random.default_rng(args.seed).choice(len(data.rewards), args.states, replace=False)
-    normalizers = checkpoint["normalizers"]
     obs_mask = torch.as_tensor(data.obs_mask, dtype=torch.float32)
-    observations = standardize(data.observations[index], normalizers["obs_mean"], normalizers["obs_std"]) * obs_mask
-    state = standardize(data.states[index], normalizers["state_mean"], normalizers["state_std"])
+    observations = standardized(data.observations[index], checkpoint["normalizers"], "obs") * obs_mask
+    state = standardized(data.states[index], checkpoint["normalizers"], "state")
     condition = (state[:, None].expand(-1, n_agents, -1) if saved_args.behavior_condition == "state"
                  else observations)
     data_actions = torch.as_tensor(data.actions[index], dtype=torch.float32)
@@ -95,10 +80,10 @@ def main(argv=None) -> int:
         compare("actor", script.joint_action(actors, observations, act_mask.shape[-1]), data_actions, act_mask)
     if args.bc_checkpoint:
         bc = torch.load(args.bc_checkpoint, map_location="cpu", weights_only=False)
-        bc_actors = torch.nn.ModuleList([script.Actor(meta["obs_dims"][i], meta["act_dims"][i], saved_args.hidden_dim)
+        bc_actors = torch.nn.ModuleList([script.Actor(meta["obs_dims"][i], meta["act_dims"][i], bc["args"]["hidden_dim"])
                                          for i in range(n_agents)])
         bc_actors.load_state_dict(bc["actors"])
-        bc_obs = standardize(data.observations[index], bc["normalizers"]["obs_mean"], bc["normalizers"]["obs_std"])
+        bc_obs = standardized(data.observations[index], bc["normalizers"], "obs")
         with torch.no_grad():
             compare("BC actor", script.joint_action(bc_actors, bc_obs * obs_mask, act_mask.shape[-1]),
                     data_actions, act_mask)

@@ -9,7 +9,7 @@ Run:
     python baselines/bc.py --seed 1                                  # mpe/simple_spread, tier mixed
     python baselines/bc.py --task mpe/simple_tag --tier expert --seed 1
     python baselines/bc.py --task mamujoco/HalfCheetah-2x3 --tier medium
-    python baselines/bc.py --dataset path/to/data.npz --record benchmarks/records/bc.json
+    python baselines/bc.py --dataset path/to/data.npz --record /tmp/bc.json
     python baselines/bc.py --eval-only --checkpoint checkpoints/<run>.pt --capture-video
     tensorboard --logdir runs
 

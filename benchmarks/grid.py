@@ -15,8 +15,9 @@ write records whole, then rename them: a record on disk is always complete). The
     python benchmarks/grid.py --submitit --slurm-partition <p> --workers 50 # the same command lines on Slurm
     python benchmarks/grid.py --submitit --submitit-cluster local ...      # through submitit on this machine
 
-Budgets are BUDGETS below, the configuration of the reference runs; `smoke` runs land in
-benchmarks/records/smoke/ so they never mix with `default` runs in the report.
+Budgets are BUDGETS below, the configuration of the reference runs. Records go to one folder per budget,
+benchmarks/records/<budget>/, with a suffix naming any --extra override (`--extra "--beta 0"` ->
+benchmarks/records/short_beta0/), so runs of different settings never share a table in the report.
 Each local worker runs one process with `--torch-threads 1` (see --torch-threads): K workers use K cores.
 """
 
@@ -27,6 +28,7 @@ import concurrent.futures
 import json
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -101,10 +103,26 @@ def record_name(algorithm: str, task: str, tier: str, seed: int) -> str:
     return f"{algorithm}__{task.replace('/', '_')}__{tier}__{seed}.json"
 
 
-def default_records_dir(budget: str) -> pathlib.Path:
-    """benchmarks/records for the default budget, benchmarks/records/<budget> for any other."""
-    base = REPO / "benchmarks" / "records"
-    return base if budget == "default" else base / budget
+def records_suffix(extra: list[str]) -> str:
+    """The folder suffix naming --extra's overrides: `--policy-steps 20000 --beta 0` -> `policy-steps20000_beta0`."""
+    parts, i = [], 0
+    while i < len(extra):
+        flag = extra[i]
+        if not flag.startswith("--"):
+            raise ValueError(f"grid: --extra '{shlex.join(extra)}': '{flag}' is not a --flag (flags and their values "
+                             "only, e.g. --extra '--beta 0.05')")
+        name, _, value = flag[2:].partition("=")
+        if not value and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            value, i = extra[i + 1], i + 1
+        parts.append(name + value)
+        i += 1
+    return "_".join(re.sub(r"[^A-Za-z0-9.+-]", "-", part) for part in parts)
+
+
+def default_records_dir(budget: str, extra: list[str] | None = None) -> pathlib.Path:
+    """benchmarks/records/<budget>, plus `_<overrides>` when --extra changes flags (records_suffix)."""
+    suffix = records_suffix(list(extra or []))
+    return REPO / "benchmarks" / "records" / (f"{budget}_{suffix}" if suffix else budget)
 
 
 def build_command(algorithm: str, task: str, tier: str, seed: int, budget: str, record: pathlib.Path,
@@ -283,7 +301,8 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=1,
                         help="runs at once (local processes, or the Slurm array's parallelism)")
     parser.add_argument("--records-dir", type=pathlib.Path, default=None,
-                        help="where records go (default: benchmarks/records, or benchmarks/records/<budget>)")
+                        help="where records go (default: benchmarks/records/<budget>, with _<overrides> "
+                             "appended for --extra: '--beta 0' -> <budget>_beta0)")
     parser.add_argument("--torch-threads", type=int, default=1, help="--torch-threads of every run (0: leave unset)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the local runs")
     parser.add_argument("--python", default=None, help="interpreter of the runs (default: this one)")
@@ -305,7 +324,10 @@ def parse_args(argv=None):
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.records_dir is None:
-        args.records_dir = default_records_dir(args.budget)
+        try:
+            args.records_dir = default_records_dir(args.budget, shlex.split(args.extra))
+        except ValueError as err:
+            parser.error(str(err))
     return args
 
 

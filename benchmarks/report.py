@@ -286,9 +286,10 @@ def budget_of(records_dir: pathlib.Path) -> str:
 
 
 def default_record_dirs(root: pathlib.Path) -> list[pathlib.Path]:
-    """benchmarks/records (the default budget) and every folder below it with records, `smoke` left out
-    (its scores mean nothing)."""
-    dirs = [root] + sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("smoke", "logs"))
+    """Every folder of benchmarks/records with records (one per budget and overrides), `smoke*` left out
+    (their scores mean nothing)."""
+    dirs = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("smoke")
+                           and p.name != "logs")
     return [d for d in dirs if any(d.glob("*__*.json"))]
 
 
@@ -421,9 +422,11 @@ def build_report(records_dirs: list[pathlib.Path], out: pathlib.Path, figures_di
         if single:
             lines += section(records_dir, records, out, figures_dir, "", "##")
         else:
-            budget = budget_of(records_dir)
-            lines += [f"## Budget `{budget}`: {len(records)} run{'s' if len(records) != 1 else ''} in `{_rel(records_dir)}`", ""]
-            lines += section(records_dir, records, out, figures_dir, f"{budget}_", "###")
+            # folders are named <budget>[_<overrides>] (benchmarks/grid.py); older ones may say less
+            budget, name = budget_of(records_dir), records_dir.name
+            title = f"`{name}`" + ("" if name.split("_", 1)[0] == budget else f" (budget `{budget}`)")
+            lines += [f"## {title}: {len(records)} run{'s' if len(records) != 1 else ''} in `{_rel(records_dir)}`", ""]
+            lines += section(records_dir, records, out, figures_dir, f"{name}_", "###")
 
     if throughput is not None and throughput.exists():
         measured = json.loads(throughput.read_text())
@@ -452,13 +455,13 @@ def _rel(path: pathlib.Path) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=pathlib.Path, nargs="+", default=None,
-                        help="folders of run records, one section each (default: benchmarks/records and every "
-                             "folder below it with records, except smoke)")
+                        help="folders of run records, one section each (default: every folder of benchmarks/records "
+                             "with records, except smoke*)")
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "docs" / "results.md", help="the markdown file")
     parser.add_argument("--figures-dir", type=pathlib.Path, default=REPO / "docs" / "figures",
                         help="where the learning-curve PNGs go")
     parser.add_argument("--no-figures", action="store_true", help="only the tables")
-    parser.add_argument("--throughput", type=pathlib.Path, default=REPO / "benchmarks" / "throughput.json",
+    parser.add_argument("--throughput", type=pathlib.Path, default=REPO / "benchmarks" / "records" / "throughput.json",
                         help="a benchmarks/throughput.py result to include, if the file exists")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "benchmarks/report.py", *(sys.argv[1:] if argv is None else argv)])

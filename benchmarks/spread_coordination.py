@@ -8,7 +8,7 @@ at the last step, which landmark is each agent nearest to? A permutation ('012',
 clean split, one agent per landmark; `overlap` means two agents sit nearest the same landmark, so one
 landmark is left uncovered: a mis-coordinated episode.
 
-    python benchmarks/spread_coordination.py --records benchmarks/records --tier mixed
+    python benchmarks/spread_coordination.py --records benchmarks/records/default --tier mixed
     python benchmarks/spread_coordination.py --records benchmarks/records/short --tier mixed --episodes 200
 
 It reads each record's `checkpoint` (checkpoints/ is a local, git-ignored cache: the runs must have

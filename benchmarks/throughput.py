@@ -7,7 +7,7 @@ osd_mamujoco.py) twice on the task's dataset (built on first use, as the scripts
 and reads each run's record (osd_common.RECORD_SCHEMA): updates per second over the training loop, the
 evaluation excluded (phase 1's one actor step is counted with its updates). The scripts are imported by
 nothing here: a change to a script is measured as it runs, and nothing here breaks when one is edited.
-The report (throughput.json) holds every run's command line and its whole record.
+The report (benchmarks/records/throughput.json) holds every run's command line and its whole record.
 
     python benchmarks/throughput.py                                   # spread, batch 256 and 1024, 1 thread
     python benchmarks/throughput.py --tasks mpe/simple_spread mamujoco/HalfCheetah-2x3 --threads 1 2
@@ -88,7 +88,8 @@ def main(argv=None) -> int:
                         help="default: cpu, and cuda when torch sees one")
     parser.add_argument("--steps", type=int, default=1000, help="phase-1 steps per run")
     parser.add_argument("--actor-steps", type=int, default=1000, help="phase-2 steps per run")
-    parser.add_argument("--out", type=pathlib.Path, default=REPO / "benchmarks" / "throughput.json")
+    parser.add_argument("--out", type=pathlib.Path, default=REPO / "benchmarks" / "records" / "throughput.json",
+                        help="the report (default: benchmarks/records/throughput.json, beside the run records)")
     args = parser.parse_args(argv)
     import torch  # only to see which devices there are
 

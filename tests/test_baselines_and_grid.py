@@ -395,6 +395,24 @@ def test_report_table_mean_std_and_figures(tmp_path):
     assert (figures / "curves_mpe_simple_spread.png").stat().st_size > 1000
 
 
+def test_grid_names_the_records_folder_by_budget_and_overrides(tmp_path, capsys):
+    import grid
+
+    records = grid.REPO / "benchmarks" / "records"
+    assert grid.default_records_dir("short") == records / "short"
+    assert grid.default_records_dir("short", ["--policy-steps", "20000", "--beta=0"]) == \
+        records / "short_policy-steps20000_beta0"
+    assert grid.default_records_dir("default", ["--weighting", "sigma2", "--subtract-noise"]) == \
+        records / "default_weightingsigma2_subtract-noise"
+    argv = ["--algos", "bc", "--tasks", "mpe/simple_spread", "--tiers", "expert", "--seeds", "1", "--budget", "smoke",
+            "--dry-run", "--extra", "--total-steps 30"]
+    assert grid.main(argv) == 0
+    assert "--record benchmarks/records/smoke_total-steps30/bc__mpe_simple_spread__expert__1.json" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        grid.parse_args(argv[:-1] + ["0.3 --beta"])  # a value without its flag
+    assert "is not a --flag" in capsys.readouterr().err
+
+
 def test_report_one_section_per_record_folder(tmp_path):
     import report
 
@@ -412,8 +430,8 @@ def test_report_one_section_per_record_folder(tmp_path):
     out, figures = tmp_path / "results.md", tmp_path / "figures"
     report.build_report(dirs, out, figures, "python benchmarks/report.py")
     text = out.read_text()
-    records_part, short_part = text.split("## Budget `short`")
-    assert "## Budget `records`" in records_part and "80.0 (n=1)" in records_part and "50.0" not in records_part
+    records_part, short_part = text.split("## `short`: ")
+    assert "## `records`: " in records_part and "80.0 (n=1)" in records_part and "50.0" not in records_part
     assert "50.0 (n=1)" in short_part and "80.0" not in short_part
     assert "The short budget, for a quick look." in short_part and "quick look" not in records_part
     assert (figures / "curves_short_mpe_simple_spread.png").exists()
@@ -434,7 +452,7 @@ def test_report_takes_the_data_score_from_any_record_of_the_same_file(tmp_path):
     osd_common.write_record(root / "short" / "omsd__mpe_simple_spread__random__1.json", other_file)
     out = tmp_path / "results.md"
     report.build_report([root, root / "short"], out, None, "python benchmarks/report.py")
-    short_part = out.read_text().split("## Budget `short`")[1]
+    short_part = out.read_text().split("## `short`: ")[1]
     assert "| spread (CN) | mixed | 50.0 (n=1) | 72.6 |" in short_part
     assert "| spread (CN) | random | 20.0 (n=1) | — |" in short_part  # no record knows that file's score
 

@@ -424,7 +424,7 @@ def build_report(records_dirs: list[pathlib.Path], out: pathlib.Path, figures_di
         else:
             # folders are named <budget>[_<overrides>] (benchmarks/grid.py); older ones may say less
             budget, name = budget_of(records_dir), records_dir.name
-            title = f"`{name}`" + ("" if name.split("_", 1)[0] == budget else f" (budget `{budget}`)")
+            title = f"`{name}`" + ("" if budget in (name, name.split("_", 1)[0]) else f" (budget `{budget}`)")
             lines += [f"## {title}: {len(records)} run{'s' if len(records) != 1 else ''} in `{_rel(records_dir)}`", ""]
             lines += section(records_dir, records, out, figures_dir, f"{name}_", "###")
 

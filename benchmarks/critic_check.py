@@ -16,6 +16,12 @@ statistics. It rebuilds the networks with the script that wrote the checkpoint, 
     where it is positive: is the actor at actions the critic values above the data's?
 (c) V against Q. Mean V(s) and mean Q(s, a_data) on the same states. IQL fits V to an upper expectile
     (tau > 0.5) of Q over the data's actions, so V should sit somewhat above the mean Q.
+(d) Q against the return to go. On dataset states at least L steps before their episode's timeout, with
+    gamma^L <= 0.01 (L = 459 at gamma 0.99), the discounted return to go sum_k gamma^k r_{t+k} is within
+    1% of what a bootstrapping critic should learn for the data's own policy: its mean against mean
+    Q(s, a_data) says whether the critic has converged to the data's values, and their Spearman rho
+    whether it ranks states. States before a terminal count at any distance. MPE episodes (25 steps) are
+    too short for this check: it reports no states there.
 
     python benchmarks/critic_check.py --checkpoint checkpoints/<run>.pt
     python benchmarks/critic_check.py --checkpoint checkpoints/<run>.pt --dataset path/to/data.npz --states 5000
@@ -77,6 +83,23 @@ def discounted_returns(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.
     starts = np.concatenate([[0], ends[:-1] + 1])
     return np.array([(rewards[s:e + 1] * gamma ** np.arange(e - s + 1)).sum() for s, e in zip(starts, ends)],
                     dtype=np.float64)
+
+
+def returns_to_go(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray,
+                  gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sum_k gamma^k r_{t+k} to the episode's end, whether that end is within 1% of the infinite-horizon
+    value) for every transition: a terminal ends the value; a timeout truncates it, by at most gamma^L
+    (relative) for a state L or more steps before it, so those states count when gamma^L <= 0.01."""
+    horizon = int(np.ceil(np.log(0.01) / np.log(gamma))) if 0 < gamma < 1 else 0
+    values, usable = np.zeros(len(rewards)), np.zeros(len(rewards), dtype=bool)
+    running, steps_left, ends_in_terminal = 0.0, 0, False
+    for row in range(len(rewards) - 1, -1, -1):
+        if terminals[row] > 0 or timeouts[row] > 0:  # the last transition of an episode
+            running, steps_left, ends_in_terminal = 0.0, 0, bool(terminals[row] > 0)
+        running = float(rewards[row]) + gamma * running
+        steps_left += 1
+        values[row], usable[row] = running, ends_in_terminal or steps_left > horizon
+    return values, usable
 
 
 def load_run(checkpoint_path: str, dataset: str | None = None):
@@ -147,6 +170,9 @@ def check(checkpoint_path: str, dataset: str | None = None, n_states: int = 10_0
     rows = np.sort(rng.choice(len(data.rewards), size=min(n_states, len(data.rewards)), replace=False))
     sampled = evaluate(rows)
     gap = sampled["q_actor"] - sampled["q_data"]
+    to_go, usable = returns_to_go(data.rewards, data.terminals, data.timeouts, args.gamma)
+    far = rows[usable[rows]]  # (d): the sampled states whose return to go is within 1% of their value
+    far_q = evaluate(far)["q_data"] if len(far) else np.zeros(0)
     return {
         "checkpoint": str(checkpoint_path), "task": checkpoint["meta"]["task"], "tier": checkpoint["meta"].get("tier"),
         "decomposition": args.decomposition, "beta": args.beta, "gamma": args.gamma, "expectile": args.expectile,
@@ -156,6 +182,9 @@ def check(checkpoint_path: str, dataset: str | None = None, n_states: int = 10_0
         "std_q_data": float(sampled["q_data"].std()), "mean_q_actor": float(sampled["q_actor"].mean()),
         "actor_minus_data": float(gap.mean()), "actor_above_data": float((gap > 0).mean()),
         "mean_v": float(sampled["v"].mean()), "v_minus_q_data": float((sampled["v"] - sampled["q_data"]).mean()),
+        "to_go_states": len(far), "mean_return_to_go": float(to_go[far].mean()) if len(far) else float("nan"),
+        "mean_q_data_far": float(far_q.mean()) if len(far) else float("nan"),
+        "spearman_q_return_to_go": spearman(far_q, to_go[far]),
     }
 
 
@@ -175,7 +204,11 @@ def format_table(result: dict) -> str:
              f"| mean Q(s, pi(o)) / mean Q(s, a_data) (std over states) | {r['mean_q_actor']:.3f} / "
              f"{r['mean_q_data']:.3f} ({r['std_q_data']:.3f}) |",
              f"| (c) mean V(s) - Q(s, a_data) | {r['v_minus_q_data']:+.3f} |",
-             f"| mean V(s) | {r['mean_v']:.3f} |"]
+             f"| mean V(s) | {r['mean_v']:.3f} |",
+             f"| (d) mean discounted return to go / mean Q(s, a_data), over {r['to_go_states']} of those states "
+             f"far enough from a timeout | {r['mean_return_to_go']:.3f} / {r['mean_q_data_far']:.3f} |",
+             f"| Spearman rho of Q(s, a_data) with the return to go, same states | "
+             f"{r['spearman_q_return_to_go']:+.3f} |"]
     return "\n".join(lines)
 
 

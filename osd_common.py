@@ -597,8 +597,10 @@ def reference_returns(task: str) -> tuple[float, float]:
         raise DatasetError(f"{REFERENCE_RETURNS_FILE}: missing; run `python datasets/generate.py --measure-references`")
     table = json.loads(REFERENCE_RETURNS_FILE.read_text())
     if task not in table:
+        how = (f": python datasets/generate.py --measure-references --task {task}"  # e.g. a new team size
+               if split_team_size(task)[0] in MPE_TASKS else "")
         raise DatasetError(f"{REFERENCE_RETURNS_FILE}: no entry for task {task!r}; pass ref_random/ref_expert "
-                           "explicitly (a dataset's metadata has them) or measure them")
+                           f"explicitly (a dataset's metadata has them) or measure them{how}")
     return float(table[task]["R_random"]), float(table[task]["R_expert"])
 
 

@@ -178,7 +178,7 @@ def episode_plan(task: str, tier: str, episodes: int) -> list[tuple[str, object]
         # no convention dominates: conventions interleave episode by episode, in equal numbers; in
         # mixed-balanced each kind (the three experts, expert-noisy, random) is a fifth, as in mixed, and the
         # expert-noisy episodes cycle through the three conventions too (a learned team's convention can not
-        # be chosen, so this tier keeps the scripted one)
+        # be chosen, so this tier keeps the scripted one); a 2-agent team has 2 conventions, so quarters there
         conventions = mixed_conventions(task)
         per_convention = episodes // len(conventions) if tier == "balanced" else episodes // (len(conventions) + 2)
         plan = [(f"expert-convention{c}", expert_policy(task, c)) for _ in range(per_convention) for c in conventions]

@@ -43,6 +43,11 @@ REFERENCE_RETURNS_FILE = REPO_ROOT / "datasets" / "reference_returns.json"
 DATASET_FORMAT_VERSION = 1
 
 MPE_TASKS = ("mpe/simple_spread", "mpe/simple_tag", "mpe/simple_world_comm")
+# MPE tasks whose team size the task name selects, "<task>-N<k>": mpe/simple_spread-N4 is spread with 4 agents
+# and 4 landmarks, mpe/simple_tag-N4 tag with 4 predators (1 prey and 2 obstacles, as always). The plain name is
+# the default size, so it has no -N name (one name per env, dataset and reference entry).
+# base task -> (mpe2's keyword for the size, default size)
+MPE_TEAM_SIZE_ARGS = {"mpe/simple_spread": ("N", 3), "mpe/simple_tag": ("num_adversaries", 3)}
 MAMUJOCO_TASKS = ("mamujoco/HalfCheetah-2x3",)
 TASKS = MPE_TASKS + MAMUJOCO_TASKS
 # MPE tiers: expert, medium, medium-replay, random, mixed, the balanced multimodal balanced and
@@ -72,16 +77,38 @@ class TaskError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 # Environments
 # ---------------------------------------------------------------------------------------------------
+def split_team_size(task: str) -> tuple[str, int | None]:
+    """An MPE task name -> (base task, team size): 'mpe/simple_spread-N4' -> ('mpe/simple_spread', 4), a plain
+    name of MPE_TEAM_SIZE_ARGS -> its default size, any other name -> (task, None). A malformed '-N' name
+    raises TaskError saying what to pass instead."""
+    base, separator, size = task.partition("-N")
+    if not (task.startswith("mpe/") and separator):
+        return task, MPE_TEAM_SIZE_ARGS.get(task, (None, None))[1]
+    usage = ("name a team size as <task>-N<k> with a whole number k >= 2, e.g. --task mpe/simple_spread-N4 "
+             "(4 agents, 4 landmarks) or --task mpe/simple_tag-N4 (4 predators)")
+    if base not in MPE_TEAM_SIZE_ARGS:
+        raise TaskError(f"task {task!r}: {base!r} has no selectable team size (only "
+                        f"{', '.join(MPE_TEAM_SIZE_ARGS)} have); {usage}")
+    if not (size.isascii() and size.isdigit()) or size.startswith("0"):
+        raise TaskError(f"task {task!r}: the team size {size!r} is not a whole number (digits, no leading 0); {usage}")
+    if int(size) < 2:
+        raise TaskError(f"task {task!r}: a team needs at least 2 agents, not {size}; {usage}")
+    if int(size) == MPE_TEAM_SIZE_ARGS[base][1]:
+        raise TaskError(f"task {task!r}: {size} agents is the default size, named plain {base}: pass --task {base}")
+    return base, int(size)
+
+
 def check_task(task: str) -> str:
     """Return `task` if we can build it, else raise TaskError listing the valid names."""
-    if task in TASKS:
+    if task in TASKS or split_team_size(task)[0] != task:  # a plain task, or a well-formed team size
         return task
     if task.startswith("mamujoco/") and "-" in task.split("/", 1)[1]:
         return task  # any gymnasium_robotics agent split, e.g. mamujoco/Ant-2x4, for users' own data
     if task.startswith(OMAR_MPE_PREFIX) and task[len(OMAR_MPE_PREFIX):].isidentifier():
         return task  # OMAR's particle world: trains, never evaluated (see OMAR_MPE_PREFIX)
     raise TaskError(
-        f"unknown task {task!r}: use one of {', '.join(TASKS)}, 'mamujoco/<Scenario>-<agent_conf>' "
+        f"unknown task {task!r}: use one of {', '.join(TASKS)}, '<task>-N<k>' for a team of k >= 2 on "
+        f"{' or '.join(MPE_TEAM_SIZE_ARGS)} (e.g. mpe/simple_spread-N4), 'mamujoco/<Scenario>-<agent_conf>' "
         "(e.g. mamujoco/Ant-2x4) for another MaMuJoCo split, or 'omar-mpe/<scenario>' for OMAR's MPE data"
     )
 
@@ -185,16 +212,19 @@ class MPEEnv(MultiAgentEnv):
     def __init__(self, task: str, render_mode: str | None = None):
         from mpe2 import simple_spread_v3, simple_tag_v3, simple_world_comm_v3
 
+        base, size = split_team_size(task)
         module = {"mpe/simple_spread": simple_spread_v3, "mpe/simple_tag": simple_tag_v3,
-                  "mpe/simple_world_comm": simple_world_comm_v3}[task]
+                  "mpe/simple_world_comm": simple_world_comm_v3}[base]
+        # a -N<k> name passes its size to mpe2 (N= or num_adversaries=); a plain name passes none, as always
+        size_kwargs = {} if task == base else {MPE_TEAM_SIZE_ARGS[base][0]: size}
         # curriculum=True is broken in mpe2 1.1.1: never pass it.
         self._env = module.parallel_env(continuous_actions=True, max_cycles=MPE_EPISODE_STEPS,
-                                        render_mode=render_mode)
+                                        render_mode=render_mode, **size_kwargs)
         self.task = task
         self._opponent_policy = {"mpe/simple_spread": None, "mpe/simple_tag": _prey_policy,
-                                 "mpe/simple_world_comm": _world_good_agents_policy}[task]
+                                 "mpe/simple_world_comm": _world_good_agents_policy}[base]
         all_agents = list(self._env.possible_agents)
-        if task == "mpe/simple_spread":
+        if base == "mpe/simple_spread":
             self.agent_names = all_agents
         else:  # the learners are the adversaries (predators, incl. world's leader)
             self.agent_names = [a for a in all_agents if "adversary" in a]
@@ -277,9 +307,9 @@ class MaMuJoCoEnv(MultiAgentEnv):
 
 
 def make_env(task: str, render_mode: str | None = None, agent_obsk: int = 0) -> MultiAgentEnv:
-    """Build `task` (see TASKS) behind the uniform multi-agent interface. `agent_obsk` is MaMuJoCo's
-    observation depth (0: each agent sees its own joints; 1: also its neighbours'): it must be the one the
-    data was recorded with, `dataset_agent_obsk(meta)`."""
+    """Build `task` (see TASKS; MPE team sizes as mpe/simple_spread-N4: MPE_TEAM_SIZE_ARGS) behind the uniform
+    multi-agent interface. `agent_obsk` is MaMuJoCo's observation depth (0: each agent sees its own joints;
+    1: also its neighbours'): it must be the one the data was recorded with, `dataset_agent_obsk(meta)`."""
     check_task(task)
     if not can_evaluate(task):
         raise TaskError(f"{task}: OMAR's modified particle world (its own rewards and action scaling) is not "
@@ -567,8 +597,10 @@ def reference_returns(task: str) -> tuple[float, float]:
         raise DatasetError(f"{REFERENCE_RETURNS_FILE}: missing; run `python datasets/generate.py --measure-references`")
     table = json.loads(REFERENCE_RETURNS_FILE.read_text())
     if task not in table:
+        how = (f": python datasets/generate.py --measure-references --task {task}"  # e.g. a new team size
+               if split_team_size(task)[0] in MPE_TASKS else "")
         raise DatasetError(f"{REFERENCE_RETURNS_FILE}: no entry for task {task!r}; pass ref_random/ref_expert "
-                           "explicitly (a dataset's metadata has them) or measure them")
+                           f"explicitly (a dataset's metadata has them) or measure them{how}")
     return float(table[task]["R_random"]), float(table[task]["R_expert"])
 
 
@@ -789,7 +821,11 @@ def load_training_data(program: str, args, tasks: tuple[str, ...] | None = TASKS
     --no-build-dataset; `tasks` None: the script checked --task and --tier itself); sets args.task and
     args.tier from the data."""
     if args.dataset is None and tasks is not None:
-        if args.task not in tasks:
+        try:
+            base = split_team_size(args.task)[0]  # a team size of a task (mpe/simple_spread-N4) is that task's
+        except TaskError as error:
+            raise SystemExit(f"{program}: --task: {error}")
+        if base not in tasks:
             raise SystemExit(f"{program}: --task {args.task!r} is not a task of {program}; valid tasks: {', '.join(tasks)}")
         if args.tier not in TIERS:
             raise SystemExit(f"{program}: --tier {args.tier!r} is not a tier; valid tiers: {', '.join(TIERS)}")

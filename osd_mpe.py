@@ -41,7 +41,7 @@ class Args:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where to train: auto picks cuda when torch sees one
     torch_threads: int = 0  # CPU threads for torch (0: torch's default); pass 1 when other jobs share the cores
     # data
-    task: str = "mpe/simple_spread"  # the task: mpe/simple_spread, mpe/simple_tag or mpe/simple_world_comm
+    task: str = "mpe/simple_spread"  # mpe/simple_spread, mpe/simple_tag, mpe/simple_world_comm; a team of 4: <task>-N4
     tier: str = "mixed"  # the dataset tier, one of osd_common.TIERS (`python datasets/generate.py --help`)
     dataset: str | None = None  # path to a dataset .npz; overrides --task/--tier (the task is read from the data)
     build_dataset: bool = True  # build a named dataset missing from the cache (about a minute)

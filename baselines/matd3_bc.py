@@ -71,7 +71,8 @@ class Args:
 
     # data
     task: str = "mpe/simple_spread"
-    """the task: mpe/simple_spread, mpe/simple_tag, mpe/simple_world_comm or mamujoco/HalfCheetah-2x3"""
+    """the task: mpe/simple_spread, mpe/simple_tag, mpe/simple_world_comm or mamujoco/HalfCheetah-2x3; an MPE team
+    size as mpe/simple_spread-N4 (4 agents, 4 landmarks) or mpe/simple_tag-N4 (4 predators)"""
     tier: str = "mixed"
     """the dataset tier: expert, medium, medium-replay, random, mixed, balanced, mixed-balanced, expert-noisy, expert-noisy-replay or mixed-expert-noisy (MPE), or a MaMuJoCo tier"""
     dataset: str | None = None

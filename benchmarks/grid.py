@@ -292,8 +292,8 @@ def parse_args(argv=None):
     parser.add_argument("--algos", nargs="+", default=list(DEFAULT_ALGORITHMS), choices=ALGORITHMS,
                         help=f"algorithms to run (default: {' '.join(DEFAULT_ALGORITHMS)}; omsd-beta0 only when named)")
     parser.add_argument("--tasks", nargs="+", default=list(osd_common.MPE_TASKS),
-                        help="tasks (default: the MPE tasks; mamujoco/HalfCheetah-2x3 runs its tiers random, medium, "
-                             "medium-replay, expert, medium-expert)")
+                        help="tasks (default: the MPE tasks; team sizes as mpe/simple_spread-N4 or mpe/simple_tag-N4; "
+                             "mamujoco/HalfCheetah-2x3 runs its tiers random, medium, medium-replay, expert, medium-expert)")
     parser.add_argument("--tiers", nargs="+", default=list(osd_common.TIERS), choices=osd_common.TIERS,
                         help="dataset tiers (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS), help="training seeds")

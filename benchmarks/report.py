@@ -33,6 +33,8 @@ ALGORITHM_LABELS = {"omsd": "OMSD", "omsd-independent": "OMSD-independent", "oms
                     "matd3-bc": "MATD3+BC", "bc": "BC"}
 TASK_LABELS = {"mpe/simple_spread": "spread (CN)", "mpe/simple_tag": "tag (PP)",
                "mpe/simple_world_comm": "world", "mamujoco/HalfCheetah-2x3": "HalfCheetah 2x3"}
+# what a team size (osd_common.MPE_TEAM_SIZE_ARGS) counts: mpe/simple_spread-N4 -> "spread (CN), 4 agents"
+TEAM_SIZE_UNITS = {"mpe/simple_spread": "agents", "mpe/simple_tag": "predators"}
 # OMSD's normalized scores as reported by the paper (arXiv 2505.05968) on OMAR's MPE data; entries
 # marked ≈ are inferred from the paper's text, not printed in its table.
 PAPER_OMSD = {
@@ -77,6 +79,26 @@ def format_cell(values, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
 
 
+def task_label(task: str) -> str:
+    """A task's name in the tables: TASK_LABELS, with a team size's count of agents (spread (CN), 4 agents)."""
+    try:
+        base, size = osd_common.split_team_size(task)
+    except osd_common.TaskError:
+        return task
+    if task == base or base not in TASK_LABELS:
+        return TASK_LABELS.get(task, task)
+    return f"{TASK_LABELS[base]}, {size} {TEAM_SIZE_UNITS[base]}"
+
+
+def task_order(task: str) -> tuple:
+    """Sort key of tasks: osd_common.TASKS' order, each task's team sizes right after it, smallest first."""
+    try:
+        base, size = osd_common.split_team_size(task)
+    except osd_common.TaskError:
+        base, size = task, None
+    return _index(base, osd_common.TASKS), task != base, size or 0, task
+
+
 def ordered(keys, order) -> list:
     keys = set(keys)
     return [k for k in order if k in keys] + sorted(k for k in keys if k not in order)
@@ -113,8 +135,8 @@ def score_table(cells: dict, algorithms: list[str], key: str, with_paper: bool, 
     if with_paper:
         header.append(PAPER_HEADER)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task, tier in sorted(cells, key=lambda c: (_index(c[0], osd_common.TASKS), _index(c[1], osd_common.TIERS))):
-        row = [TASK_LABELS.get(task, task), tier]
+    for task, tier in sorted(cells, key=lambda c: (task_order(c[0]), _index(c[1], osd_common.TIERS))):
+        row = [task_label(task), tier]
         row += [format_cell([r[key] for r in cells[(task, tier)].get(a, [])]) for a in algorithms]
         if with_data:
             row.append(data_score(task, tier, [r for runs in cells[(task, tier)].values() for r in runs]))
@@ -135,11 +157,11 @@ def cost_table(records: list[dict], algorithms: list[str]) -> list[str]:
         by[(record["algorithm"], record["task"])].append(record)
     lines = ["| algorithm | task | runs | wall time per run (min) | updates/s (training only) |", "|---|---|---|---|---|"]
     for algorithm in algorithms:
-        for task in ordered({t for a, t in by if a == algorithm}, osd_common.TASKS):
+        for task in sorted({t for a, t in by if a == algorithm}, key=task_order):
             runs = by[(algorithm, task)]
             wall = np.mean([r["wall_time_s"] for r in runs]) / 60
             ups = np.mean([r["updates_per_s"] for r in runs])
-            lines.append(f"| {ALGORITHM_LABELS.get(algorithm, algorithm)} | {TASK_LABELS.get(task, task)} | "
+            lines.append(f"| {ALGORITHM_LABELS.get(algorithm, algorithm)} | {task_label(task)} | "
                          f"{len(runs)} | {wall:.1f} | {ups:.0f} |")
     return lines
 
@@ -214,7 +236,7 @@ def plot_curves(cells: dict, algorithms: list[str], figures_dir: pathlib.Path, p
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     colors = {algo: f"C{i}" for i, algo in enumerate(algorithms)}
-    for task in ordered({t for t, _ in cells}, osd_common.TASKS):
+    for task in sorted({t for t, _ in cells}, key=task_order):
         tiers = ordered({tier for t, tier in cells if t == task}, osd_common.TIERS)
         cols = min(len(tiers), 3)
         rows = -(-len(tiers) // cols)
@@ -297,8 +319,8 @@ def return_table(cells: dict, algorithms: list[str]) -> list[str]:
     """Final average return (each run's last evaluation mean; mean ± std over seeds)."""
     header = ["task", "tier"] + [ALGORITHM_LABELS.get(a, a) for a in algorithms]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task, tier in sorted(cells, key=lambda c: (_index(c[0], osd_common.TASKS), _index(c[1], osd_common.TIERS))):
-        row = [TASK_LABELS.get(task, task), tier]
+    for task, tier in sorted(cells, key=lambda c: (task_order(c[0]), _index(c[1], osd_common.TIERS))):
+        row = [task_label(task), tier]
         row += [format_cell([r["final_return_mean"] for r in cells[(task, tier)].get(a, [])], digits=1 if
                             task.startswith("mpe/") else 0) for a in algorithms]
         lines.append("| " + " | ".join(row) + " |")

@@ -14,20 +14,42 @@ controlled agent in the osd convention, [-1, 1] per dimension (osd_common maps i
 `random_prob` replaces the whole team's action by a uniform random one at a step with that probability:
 that is how the `expert-noisy` tiers are made from an expert convention. Every policy is called as
 `policy(env, rng, obs)`; the scripted ones read the world and ignore `obs`.
+
+Team sizes (osd_common.MPE_TEAM_SIZE_ARGS: mpe/simple_spread-N4, mpe/simple_tag-N4): a convention of an
+n-agent spread or tag team is one of the n! assignments of agents to landmarks or sides, numbered in
+lexicographic order (convention_order), so the 3-agent conventions are the shipped ones.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
-# All orderings of 3 slots: convention k of spread / tag is PERMUTATIONS_3[k].
+import osd_common
+
+# All orderings of 3 slots: convention k of 3-agent spread / tag is PERMUTATIONS_3[k] (= convention_order(k, 3)).
 PERMUTATIONS_3 = list(itertools.permutations(range(3)))
 # World: which 2 of the 4 adversaries (leader = 0) chase good agent 0; the other 2 chase good agent 1.
 WORLD_PAIRINGS = list(itertools.combinations(range(4), 2))
-N_CONVENTIONS = 6
 GAIN_POSITION, GAIN_VELOCITY = 4.0, 1.0  # PD controller on position error, damping on velocity
+
+
+def n_conventions(task: str) -> int:
+    """How many conventions `task`'s scripted expert has: n! for an n-agent spread or tag team, 6 in world."""
+    base, size = osd_common.split_team_size(task)
+    return len(WORLD_PAIRINGS) if base == "mpe/simple_world_comm" else math.factorial(size)
+
+
+def convention_order(convention: int, n: int) -> tuple[int, ...]:
+    """Convention k of an n-agent spread / tag team: the k-th permutation of range(n) in lexicographic order,
+    itertools.permutations' order (for n = 3, PERMUTATIONS_3[k]), without listing all n! of them."""
+    rest, order = list(range(n)), []
+    for remaining in range(n, 0, -1):
+        index, convention = divmod(convention, math.factorial(remaining - 1))
+        order.append(rest.pop(index))
+    return tuple(order)
 
 
 def _move(direction: np.ndarray, act_dim: int = 5) -> np.ndarray:
@@ -47,8 +69,8 @@ class ScriptedTeam:
     """A team policy with a fixed convention, optional action noise and optional random steps."""
 
     def __init__(self, task: str, convention: int, noise_std: float = 0.0, random_prob: float = 0.0):
-        if not 0 <= convention < N_CONVENTIONS:
-            raise ValueError(f"convention must be in [0, {N_CONVENTIONS}), got {convention}")
+        if not 0 <= convention < n_conventions(task):
+            raise ValueError(f"{task}: convention must be in [0, {n_conventions(task)}), got {convention}")
         self.task, self.convention = task, convention
         self.noise_std, self.random_prob = noise_std, random_prob
 
@@ -61,23 +83,24 @@ class ScriptedTeam:
         world = env.world
         agents = {a.name: a for a in world.agents}
         team = [agents[name] for name in env.agent_names]
-        if self.task == "mpe/simple_spread":
-            # agent i covers landmark PERMUTATIONS_3[c][i]
-            order = PERMUTATIONS_3[self.convention]
+        base = osd_common.split_team_size(self.task)[0]
+        if base == "mpe/simple_spread":
+            # agent i covers landmark order[i] (3 agents: PERMUTATIONS_3[c][i])
+            order = convention_order(self.convention, len(team))
             return [_move(_pd(agent, world.landmarks[order[i]].state.p_pos)) for i, agent in enumerate(team)]
-        if self.task == "mpe/simple_tag":
-            # predator i approaches its own side of the prey (slot angle 120 deg apart), then closes in
+        if base == "mpe/simple_tag":
+            # predator i approaches its own side of the prey (n slots 360/n deg apart), then closes in
             prey = next(a for a in world.agents if not a.adversary)
-            order = PERMUTATIONS_3[self.convention]
+            order = convention_order(self.convention, len(team))
             actions = []
             for i, agent in enumerate(team):
-                angle = 2.0 * np.pi * order[i] / 3.0
+                angle = 2.0 * np.pi * order[i] / len(team)
                 lead = prey.state.p_pos + 0.3 * prey.state.p_vel
                 distance = np.linalg.norm(lead - agent.state.p_pos)
                 offset = min(0.25, 0.5 * distance) * np.array([np.cos(angle), np.sin(angle)])
                 actions.append(_move(_pd(agent, lead + offset)))
             return actions
-        if self.task == "mpe/simple_world_comm":
+        if base == "mpe/simple_world_comm":
             # adversaries in WORLD_PAIRINGS[c] hunt good agent 0, the others good agent 1
             good = [a for a in world.agents if not a.adversary]
             pair = WORLD_PAIRINGS[self.convention]

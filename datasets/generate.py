@@ -3,6 +3,7 @@
     python datasets/generate.py --task mpe/simple_spread --tier mixed      # one dataset into the cache
     python datasets/generate.py --all                                      # every MPE task x tier
     python datasets/generate.py --measure-references                       # R_random / R_expert, 200 episodes
+    python datasets/generate.py --measure-references --task mpe/simple_spread-N4   # ... of one task only
     python datasets/generate.py --card                                     # refresh the tables of datasets/README.md
 
 Datasets go to the git-ignored cache `datasets/cache/<task>/<tier>.npz` (or `--out PATH`); an existing
@@ -31,6 +32,11 @@ Tiers (sizes in TIER_EPISODES; what each is for, and how each was measured, in d
                       episodes (the MPE `medium-replay` until issue 14)
   mixed-expert-noisy  `mixed` with expert-noisy episodes in place of medium (the MPE `mixed` until issue 14;
                       convention 0 dominates: it is also every expert-noisy episode's)
+
+Team sizes (`--task mpe/simple_spread-N4`, `mpe/simple_tag-N4`; osd_common.MPE_TEAM_SIZE_ARGS) make every
+tier the way their 3-agent task does, with the same episode counts (tier_episodes) and random-step
+probability. They have no MATD3 run, so medium, medium-replay and mixed are the expert-noisy constructions,
+as on tag and world. Their R_random / R_expert must be measured first (`--measure-references --task ...`).
 """
 
 from __future__ import annotations
@@ -49,11 +55,12 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import osd_common  # noqa: E402
-from behavior_policies import MATD3Team, ScriptedTeam, UniformRandomTeam  # noqa: E402
+from behavior_policies import MATD3Team, ScriptedTeam, UniformRandomTeam, n_conventions  # noqa: E402
 
 GENERATOR_VERSION = "osd-datasets-1"
 EXPERT_NOISE = 0.1
-# Chosen from a sweep of the random-step probability (datasets/README.md) for ~50 normalized score.
+# Chosen from a sweep of the random-step probability (datasets/README.md) for ~50 normalized score; a team
+# size (mpe/simple_spread-N4) uses its 3-agent task's.
 EXPERT_NOISY_RANDOM_PROB = {"mpe/simple_spread": 0.65, "mpe/simple_tag": 0.4, "mpe/simple_world_comm": 0.5}
 # Tasks whose medium / medium-replay come from a MATD3 run: its committed checkpoints and training_log.json.
 LEARNED_POLICY_DIRS = {"mpe/simple_spread": HERE / "policies" / "simple-spread-matd3"}
@@ -74,10 +81,31 @@ TIER_EPISODES = {
 }
 MPE_TIERS = ("expert", "medium", "medium-replay", "random", "mixed", "balanced", "mixed-balanced",
              "expert-noisy", "expert-noisy-replay", "mixed-expert-noisy")
-MIXED_CONVENTIONS = (0, 1, 2)
+MIXED_CONVENTIONS = (0, 1, 2)  # the expert conventions of mixed and the balanced tiers (2-agent teams: 0, 1)
 REFERENCE_EPISODES = 200
 # Reset seeds of dataset episodes start here, far from the small seeds evaluation uses (seed + episode).
 DATA_RESET_SEED_OFFSET = 10_000_000
+
+
+def base_task(task: str) -> str:
+    """The 3-agent task of a team size (mpe/simple_spread-N4 -> mpe/simple_spread): the key of the tables above."""
+    return osd_common.split_team_size(task)[0]
+
+
+def mixed_conventions(task: str) -> tuple[int, ...]:
+    """The expert conventions pooled in mixed and the balanced tiers: MIXED_CONVENTIONS, as many as the task has."""
+    return MIXED_CONVENTIONS[:n_conventions(task)]
+
+
+def tier_episodes(task: str, tier: str) -> int:
+    """A tier's default episode count: TIER_EPISODES of the task, a team size taking its 3-agent task's (its
+    medium-replay is expert-noisy-replay's, as it has no MATD3 run), rounded down to whole rounds of the balanced
+    tiers' conventions (for a 2-agent team, which has 2)."""
+    if task != base_task(task) and tier == "medium-replay":
+        tier = "expert-noisy-replay"
+    count, k = TIER_EPISODES[base_task(task)][tier], len(mixed_conventions(task))
+    round_size = {"balanced": k, "mixed-balanced": k * (k + 2)}.get(tier, 1)  # see episode_plan
+    return count - count % round_size
 
 
 def expert_policy(task: str, convention: int = 0) -> ScriptedTeam:
@@ -115,7 +143,7 @@ def medium_policy(task: str):
 
 def expert_noisy_policy(task: str, convention: int = 0):
     return ("expert-noisy" + (f"-convention{convention}" if convention else ""),
-            ScriptedTeam(task, convention, EXPERT_NOISE, EXPERT_NOISY_RANDOM_PROB[task]))
+            ScriptedTeam(task, convention, EXPERT_NOISE, EXPERT_NOISY_RANDOM_PROB[base_task(task)]))
 
 
 def episode_plan(task: str, tier: str, episodes: int) -> list[tuple[str, object]]:
@@ -138,10 +166,10 @@ def episode_plan(task: str, tier: str, episodes: int) -> list[tuple[str, object]
     if tier == "random":
         return [("random", UniformRandomTeam())] * episodes
     if tier == "expert-noisy-replay":
-        probs = np.linspace(1.0, EXPERT_NOISY_RANDOM_PROB[task], episodes)
+        probs = np.linspace(1.0, EXPERT_NOISY_RANDOM_PROB[base_task(task)], episodes)
         return [(f"replay-random{p:.2f}", ScriptedTeam(task, 0, EXPERT_NOISE, float(p))) for p in probs]
     if tier == "mixed":
-        parts = [(f"expert-convention{c}", expert_policy(task, c)) for c in MIXED_CONVENTIONS]
+        parts = [(f"expert-convention{c}", expert_policy(task, c)) for c in mixed_conventions(task)]
         parts += [medium, ("random", UniformRandomTeam())]
         share = episodes // len(parts)
         plan = [part for part in parts for _ in range(share)]
@@ -150,13 +178,13 @@ def episode_plan(task: str, tier: str, episodes: int) -> list[tuple[str, object]
         # no convention dominates: conventions interleave episode by episode, in equal numbers; in
         # mixed-balanced each kind (the three experts, expert-noisy, random) is a fifth, as in mixed, and the
         # expert-noisy episodes cycle through the three conventions too (a learned team's convention can not
-        # be chosen, so this tier keeps the scripted one)
-        per_convention = episodes // 3 if tier == "balanced" else episodes // 5
-        plan = [(f"expert-convention{c}", expert_policy(task, c)) for _ in range(per_convention)
-                for c in MIXED_CONVENTIONS]
+        # be chosen, so this tier keeps the scripted one); a 2-agent team has 2 conventions, so quarters there
+        conventions = mixed_conventions(task)
+        per_convention = episodes // len(conventions) if tier == "balanced" else episodes // (len(conventions) + 2)
+        plan = [(f"expert-convention{c}", expert_policy(task, c)) for _ in range(per_convention) for c in conventions]
         if tier == "mixed-balanced":
-            plan += [(f"expert-noisy-convention{c}", ScriptedTeam(task, c, EXPERT_NOISE, EXPERT_NOISY_RANDOM_PROB[task]))
-                     for _ in range(per_convention // 3) for c in MIXED_CONVENTIONS]
+            plan += [(f"expert-noisy-convention{c}", expert_noisy_policy(task, c)[1])
+                     for _ in range(per_convention // len(conventions)) for c in conventions]
             plan += [("random", UniformRandomTeam())] * per_convention
         if len(plan) != episodes:
             raise ValueError(f"tier {tier}: {episodes} episodes do not split into equal conventions")
@@ -244,15 +272,16 @@ def generate(task: str, tier: str, out=None, episodes: int | None = None, seed: 
         from mamujoco_data import generate_mamujoco
 
         return generate_mamujoco(task, tier, out=out, episodes=episodes, seed=seed, force=force, progress=progress)
-    if task not in TIER_EPISODES:
-        raise SystemExit(f"--task {task}: datasets are generated here for {', '.join(TIER_EPISODES)} only; "
-                         "bring your own file for other tasks (see datasets/README.md, 'Your own data')")
+    if base_task(task) not in TIER_EPISODES:
+        raise SystemExit(f"--task {task}: datasets are generated here for {', '.join(TIER_EPISODES)} (and their "
+                         "team sizes, e.g. mpe/simple_spread-N4) only; bring your own file for other tasks (see "
+                         "datasets/README.md, 'Your own data')")
     if tier not in MPE_TIERS:
         raise SystemExit(f"--tier {tier}: use one of {', '.join(MPE_TIERS)} for the MPE tasks")
     out = pathlib.Path(out) if out is not None else osd_common.dataset_path(task, tier)
     if out.exists() and not force:
         raise SystemExit(f"{out} exists already: pass --force to overwrite it")
-    episodes = episodes or TIER_EPISODES[task][tier]
+    episodes = episodes or tier_episodes(task, tier)
     env = osd_common.make_env(task)
     extra_meta = {}
     if tier == "medium-replay" and task in LEARNED_POLICY_DIRS:
@@ -298,11 +327,14 @@ def generate(task: str, tier: str, out=None, episodes: int | None = None, seed: 
 
 
 def measure_references(episodes: int = REFERENCE_EPISODES, tasks=tuple(TIER_EPISODES)) -> dict:
-    """R_random and R_expert per task, on the evaluation reset seeds 0..episodes-1 (as evaluate() uses)."""
+    """R_random and R_expert per task, on the evaluation reset seeds 0..episodes-1 (as evaluate() uses).
+    Only the entries of `tasks` are written; the file's other entries stay as they are."""
     table = json.loads(osd_common.REFERENCE_RETURNS_FILE.read_text()) if osd_common.REFERENCE_RETURNS_FILE.exists() else {}
     for task in tasks:
         env = osd_common.make_env(task)
-        entry = {"episodes": episodes, "command": "python datasets/generate.py --measure-references"}
+        # each task's measurement is seeded on its own: measuring it alone (--task) gives the same entry
+        command = "python datasets/generate.py --measure-references" + ("" if task in TIER_EPISODES else f" --task {task}")
+        entry = {"episodes": episodes, "command": command}
         for name, policy in (("random", UniformRandomTeam()), ("expert", expert_policy(task))):
             rng = np.random.default_rng(12345)
             returns = [float(np.sum(rollout(env, policy, rng, k)["rewards"]))
@@ -322,10 +354,11 @@ def spread_assignment_shares(dataset: osd_common.Dataset) -> dict[str, float]:
     agent is nearest to. A permutation like '012' means agent i covers landmark i; 'overlap' means two
     agents sit nearest the same landmark (no clean assignment)."""
     last = np.flatnonzero((dataset.terminals > 0) | (dataset.timeouts > 0))
-    # spread obs: [vel(2), pos(2), landmark_rel(3x2), other_rel(2x2), comm(4)]
-    landmark_rel = dataset.next_observations[last][:, :, 4:10].reshape(len(last), 3, 3, 2)
+    # spread obs of n agents: [vel(2), pos(2), landmark_rel(n x 2), other_rel((n-1) x 2), comm((n-1) x 2)]
+    n = dataset.n_agents
+    landmark_rel = dataset.next_observations[last][:, :, 4:4 + 2 * n].reshape(len(last), n, n, 2)
     nearest = np.linalg.norm(landmark_rel, axis=-1).argmin(-1)  # [episodes, agents]
-    labels = ["".join(map(str, row)) if len(set(row)) == 3 else "overlap" for row in nearest]
+    labels = ["".join(map(str, row)) if len(set(row)) == n else "overlap" for row in nearest]
     keys, counts = np.unique(labels, return_counts=True)
     return {str(k): float(c) / len(labels) for k, c in zip(keys, counts)}
 
@@ -418,20 +451,33 @@ def write_card(readme: pathlib.Path = HERE / "README.md") -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="mpe/simple_spread",
-                        help=f"one of {', '.join(TIER_EPISODES)}, or mamujoco/HalfCheetah-2x3 (see datasets/MAMUJOCO.md)")
+    parser.add_argument("--task", default=None,
+                        help=f"one of {', '.join(TIER_EPISODES)} (default: mpe/simple_spread), a team size of spread or "
+                        "tag as <task>-N<k>, k >= 2 (mpe/simple_spread-N4: 4 agents, 4 landmarks; mpe/simple_tag-N4: 4 "
+                        "predators), or mamujoco/HalfCheetah-2x3 (see datasets/MAMUJOCO.md); with "
+                        "--measure-references: that task only")
     parser.add_argument("--tier", default="mixed", help=f"one of {', '.join(MPE_TIERS)} (MaMuJoCo: datasets/MAMUJOCO.md)")
     parser.add_argument("--out", default=None, help="output .npz (default: the cache, datasets/cache/<task>/<tier>.npz)")
     parser.add_argument("--episodes", type=int, default=None, help="override the tier's episode count")
     parser.add_argument("--seed", type=int, default=0, help="data seed: same seed, same file")
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     parser.add_argument("--all", action="store_true", help="every MPE task x tier into the cache")
-    parser.add_argument("--measure-references", action="store_true", help="measure R_random/R_expert per task")
+    parser.add_argument("--measure-references", action="store_true", help="measure R_random/R_expert of every "
+                        f"task of {', '.join(TIER_EPISODES)}, or of --task only, into reference_returns.json")
     parser.add_argument("--card", action="store_true", help="rewrite the tables in datasets/README.md from the "
                         "cached files (rows of files not in the cache are kept) and the MATD3 learning-curve PNGs")
     args = parser.parse_args()
+    try:
+        if args.task is not None:
+            osd_common.check_task(args.task)  # an unknown task or a bad team size (-N1) stops here, naming --task
+    except osd_common.TaskError as err:
+        raise SystemExit(f"--task: {err}") from None
     if args.measure_references:
-        print(json.dumps(measure_references(), indent=2))
+        if args.task is not None and base_task(args.task) not in TIER_EPISODES:
+            raise SystemExit(f"--task {args.task}: --measure-references measures {', '.join(TIER_EPISODES)} and their "
+                             "team sizes; MaMuJoCo's: python datasets/mamujoco_data.py --measure-references")
+        tasks = tuple(TIER_EPISODES) if args.task is None else (args.task,)
+        print(json.dumps({task: entry for task, entry in measure_references(tasks=tasks).items() if task in tasks}, indent=2))
     elif args.card:
         write_card()
     elif args.all:
@@ -442,10 +488,8 @@ def main() -> None:
                     continue
                 print(generate(task, tier, seed=args.seed, force=args.force))
     else:
-        try:
-            print(generate(args.task, args.tier, out=args.out, episodes=args.episodes, seed=args.seed, force=args.force))
-        except osd_common.TaskError as err:
-            raise SystemExit(f"--task: {err}") from None
+        print(generate(args.task or "mpe/simple_spread", args.tier, out=args.out, episodes=args.episodes,
+                       seed=args.seed, force=args.force))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ EXPERT_NOISE = 0.1
 # size (mpe/simple_spread-N4) uses its 3-agent task's.
 EXPERT_NOISY_RANDOM_PROB = {"mpe/simple_spread": 0.65, "mpe/simple_tag": 0.4, "mpe/simple_world_comm": 0.5}
 # Tasks whose medium / medium-replay come from a MATD3 run: its committed checkpoints and training_log.json.
-LEARNED_POLICY_DIRS = {"mpe/simple_spread": HERE / "policies" / "simple-spread-matd3"}
+LEARNED_POLICY_DIRS = {"mpe/simple_spread": HERE / "policies" / "simple-spread-matd3",
+                       "mpe/simple_tag": HERE / "policies" / "simple-tag-matd3"}
 MEDIUM_TARGET_SCORE = 50.0  # the medium checkpoint: noise-free normalized score nearest this
 MEDIUM_NOISE = EXPERT_NOISE
 # Episodes per tier. Spread's medium-replay is a cap on the learner's buffer (its first episodes up to the
@@ -426,13 +427,13 @@ def data_card(previous: str = "") -> str:
     for task, e in refs.items():
         ref_rows.append(f"| {task} | {e['R_random']:.2f} ± {e['R_random_std']:.2f} ({e['R_random_stderr']:.2f}) | "
                         f"{e['R_expert']:.2f} ± {e['R_expert_std']:.2f} ({e['R_expert_stderr']:.2f}) | {e['episodes']} |")
-    runs = ["| task | MATD3 run | env steps | wall time | medium checkpoint (noise-free score, 20 episodes) | "
+    runs = ["| task | MATD3 run | env steps | wall time | medium checkpoint (noise-free score) | "
             "medium-replay: buffer up to step |", "|---|---|---|---|---|---|"]
     for task in LEARNED_POLICY_DIRS:
         log, medium = training_log(task), medium_checkpoint(task)
         runs.append(f"| {task} | seed {log['args']['seed']}, `{LEARNED_POLICY_DIRS[task].relative_to(HERE)}` | "
                     f"{log['evaluations'][-1]['step']:,} | {log['wall_s'] / 60:.0f} min | `{medium['checkpoint']}` "
-                    f"({medium['normalized_score']:.1f}) | {replay_end_step(task):,} |")
+                    f"({medium['normalized_score']:.1f}, {log['args']['eval_episodes']} episodes) | {replay_end_step(task):,} |")
     return ("\n".join(ref_rows) + "\n\n" + "\n".join(runs) + "\n\n" + "\n".join(rows)
             + "\n\n| dataset | multimodality |\n|---|---|\n" + "\n".join(shares) + "\n\n" + "\n".join(hashes) + "\n")
 

@@ -66,13 +66,15 @@ def test_medium_tier_is_built_from_the_committed_checkpoint(tmp_path):
 
 
 def test_renamed_scripted_tiers_keep_the_old_construction(tmp_path):
-    """expert-noisy is the old MPE medium (expert with random team steps); tag, without a MATD3 run, keeps
-    it as its medium: the same arrays."""
-    noisy = generate.generate("mpe/simple_tag", "expert-noisy", out=tmp_path / "n.npz", episodes=3, progress=False)
-    medium = generate.generate("mpe/simple_tag", "medium", out=tmp_path / "m.npz", episodes=3, progress=False)
+    """expert-noisy is the old MPE medium (expert with random team steps); world, without a MATD3 run, keeps
+    it as its medium: the same arrays. Spread and tag, which have one, use it."""
+    noisy = generate.generate("mpe/simple_world_comm", "expert-noisy", out=tmp_path / "n.npz", episodes=2,
+                              progress=False)
+    medium = generate.generate("mpe/simple_world_comm", "medium", out=tmp_path / "m.npz", episodes=2, progress=False)
     assert osd_common.load_dataset(noisy).meta["sha256"] == osd_common.load_dataset(medium).meta["sha256"]
-    mixed = [label for label, _ in generate.episode_plan("mpe/simple_spread", "mixed", 5)]
-    assert mixed == ["expert-convention0", "expert-convention1", "expert-convention2", "medium-matd3", "random"]
+    for task in ("mpe/simple_spread", "mpe/simple_tag"):
+        mixed = [label for label, _ in generate.episode_plan(task, "mixed", 5)]
+        assert mixed == ["expert-convention0", "expert-convention1", "expert-convention2", "medium-matd3", "random"]
     old_mixed = [label for label, _ in generate.episode_plan("mpe/simple_spread", "mixed-expert-noisy", 5)]
     assert old_mixed[3] == "expert-noisy"
     assert set(osd_common.TIERS) >= set(generate.MPE_TIERS)

@@ -77,14 +77,6 @@ def episode_starts(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
 
 
-def discounted_returns(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray, gamma: float) -> np.ndarray:
-    """sum_t gamma^t r_t of every episode, from its first transition to its last."""
-    ends = np.flatnonzero((terminals > 0) | (timeouts > 0))
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    return np.array([(rewards[s:e + 1] * gamma ** np.arange(e - s + 1)).sum() for s, e in zip(starts, ends)],
-                    dtype=np.float64)
-
-
 def returns_to_go(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray,
                   gamma: float) -> tuple[np.ndarray, np.ndarray]:
     """(sum_k gamma^k r_{t+k} to the episode's end, whether that end is within 1% of the infinite-horizon
@@ -164,13 +156,13 @@ def check(checkpoint_path: str, dataset: str | None = None, n_states: int = 10_0
         return {key: torch.cat(values).double().numpy() for key, values in out.items()}
 
     starts = episode_starts(data.terminals, data.timeouts)
-    returns = discounted_returns(data.rewards, data.terminals, data.timeouts, args.gamma)
+    to_go, usable = returns_to_go(data.rewards, data.terminals, data.timeouts, args.gamma)
+    returns = to_go[starts]  # each episode's discounted return, from its first transition
     first = evaluate(starts)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(data.rewards), size=min(n_states, len(data.rewards)), replace=False))
     sampled = evaluate(rows)
     gap = sampled["q_actor"] - sampled["q_data"]
-    to_go, usable = returns_to_go(data.rewards, data.terminals, data.timeouts, args.gamma)
     far = rows[usable[rows]]  # (d): the sampled states whose return to go is within 1% of their value
     far_q = evaluate(far)["q_data"] if len(far) else np.zeros(0)
     return {

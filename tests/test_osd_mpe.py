@@ -388,9 +388,8 @@ def test_critic_check_ranks_returns_and_compares_actor_and_data_actions(trained_
     rewards, terminals, timeouts = (np.array(x, dtype=np.float32) for x in
                                     ([1, 1, 1, 2, 2], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]))
     assert critic_check.episode_starts(terminals, timeouts).tolist() == [0, 3]
-    assert critic_check.discounted_returns(rewards, terminals, timeouts, 0.5).tolist() == [1.75, 3.0]
     to_go, usable = critic_check.returns_to_go(rewards, terminals, timeouts, 0.5)
-    assert to_go.tolist() == [1.75, 1.5, 1.0, 3.0, 2.0]
+    assert to_go.tolist() == [1.75, 1.5, 1.0, 3.0, 2.0]  # at the episodes' starts: their discounted returns
     assert usable.tolist() == [True, True, True, False, False]  # a terminal ends the value; a near timeout cuts it
     long_episode = np.zeros(10, dtype=np.float32)
     long_episode[-1] = 1  # one 10-step episode ending in a timeout; at gamma 0.5, gamma^7 <= 0.01 < gamma^6

@@ -99,11 +99,15 @@ PRESETS = {
                   eval_episodes=10, final_eval_episodes=20, behavior_batch_size=512, critic_batch_size=1024, actor_batch_size=512),
 }
 MAMUJOCO_TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert")
-# docs/osd_mamujoco_notes.md §3: on HalfCheetah-2x3 (short budget, seeds 1-3, phase 2 on the same phase 1)
-# beta 0.01 beat 0.05 for both decompositions on expert, medium-expert and medium; on medium-replay the two
-# were level and random learns nothing at either, so those keep 0.05.
-BETA_BY_TIER = {"medium": 0.01, "expert": 0.01, "medium-expert": 0.01}
+# beta per tier. medium and medium-replay: chosen on tuning seed 0 with a critic of 50k steps, this
+# preset's (docs/q_term_notes.md §5.2); with a 10k-step critic large betas cost, see CRITIC_STEPS_FOR_BETA.
+# expert and medium-expert: 0.01 beat 0.05 at the short budget (docs/osd_mamujoco_notes.md §3); random
+# learns nothing at any beta measured, so it keeps the default.
+BETA_BY_TIER = {"medium": 0.3, "medium-replay": 0.3, "expert": 0.01, "medium-expert": 0.01}
 DEFAULT_BETA = 0.05
+# below this many critic steps Q has reached less than ~92% of its values (1 - 0.99^(0.005 N), §4), and a
+# beta above 0.05 follows a critic that sees a few dozen steps ahead (docs/q_term_notes.md §5.1-5.2)
+CRITIC_STEPS_FOR_BETA = 50_000
 EXAMPLE_SPLITS = ("mamujoco/Ant-2x4", "mamujoco/Hopper-3x1", "mamujoco/Walker2d-2x3")
 
 
@@ -418,6 +422,11 @@ if __name__ == "__main__":
                          + (" (MPE datasets run with osd_mpe.py)" if meta["task"].startswith("mpe/") else ""))
     # the env is built with the dataset's agent_obsk, here and in every evaluation, and must fit its sizes
     evaluable = osd_common.check_env_fits_data(PROGRAM, data, args.task, args.record is not None)
+
+    beta = args.beta if args.beta is not None else BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
+    if beta > 0.05 and args.critic_steps < CRITIC_STEPS_FOR_BETA and args.pretrained is None:
+        print(f"note: beta {beta} with {args.critic_steps} critic steps: the critic will not have converged "
+              f"(docs/q_term_notes.md §5); the per-tier betas were chosen with {CRITIC_STEPS_FOR_BETA}")
 
     # ---- the data on the training device, standardized once with dataset statistics (docs/algorithm.md §6)
     if args.beta is None:

@@ -67,13 +67,14 @@ def load_act_fn(algorithm: str, checkpoint_path: str):
 
 
 def assignment(observations: list[np.ndarray]) -> str:
-    """'ijk' if agent 0, 1, 2 is nearest landmark i, j, k (all different), else 'overlap'.
-    spread obs: [vel(2), pos(2), landmark_rel(3x2), other_rel(2x2), comm(4)]."""
-    nearest = [int(np.linalg.norm(obs[4:10].reshape(3, 2), axis=-1).argmin()) for obs in observations]
-    return "".join(map(str, nearest)) if len(set(nearest)) == 3 else "overlap"
+    """'ijk' if agent 0, 1, 2 is nearest landmark i, j, k (all different), else 'overlap'; n agents and
+    landmarks alike. spread obs: [vel(2), pos(2), landmark_rel(n x 2), other_rel((n-1) x 2), comm((n-1) x 2)]."""
+    n = len(observations)
+    nearest = [int(np.linalg.norm(obs[4:4 + 2 * n].reshape(n, 2), axis=-1).argmin()) for obs in observations]
+    return "".join(map(str, nearest)) if len(set(nearest)) == n else "overlap"
 
 
-def rollout_assignments(act_fn, meta: dict, episodes: int, action_noise: float = 0.0) -> dict:
+def rollout_assignments(act_fn, meta: dict, episodes: int, action_noise: float = 0.0, task: str = TASK) -> dict:
     """Roll out `episodes` episodes; the share of each final assignment and the normalized score.
     With `action_noise`, Gaussian noise of that std is added to every action (clipped to [-1, 1]): do
     deterministic actors that block each other recover when their symmetry is broken?"""
@@ -83,7 +84,7 @@ def rollout_assignments(act_fn, meta: dict, episodes: int, action_noise: float =
         def act_fn(observations):
             return [np.clip(a + action_noise * rng.standard_normal(a.shape), -1.0, 1.0).astype(np.float32)
                     for a in deterministic(observations)]
-    env = osd_common.make_env(TASK)
+    env = osd_common.make_env(task)
     labels, returns = [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=EPISODE_SEED + episode)
@@ -99,7 +100,7 @@ def rollout_assignments(act_fn, meta: dict, episodes: int, action_noise: float =
     ref_random = meta.get("ref_random")
     ref_expert = meta.get("ref_expert")
     if ref_random is None or ref_expert is None:
-        ref_random, ref_expert = osd_common.reference_returns(TASK)
+        ref_random, ref_expert = osd_common.reference_returns(task)
     return {"shares": {k: v / episodes for k, v in counts.items()},
             "overlap": counts.get("overlap", 0) / episodes,
             "normalized_score": osd_common.normalized_score(float(np.mean(returns)), ref_random, ref_expert)}
@@ -108,6 +109,7 @@ def rollout_assignments(act_fn, meta: dict, episodes: int, action_noise: float =
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=pathlib.Path, required=True, help="a folder of run records")
+    parser.add_argument("--task", default=TASK, help="mpe/simple_spread, or a team size: mpe/simple_spread-N4")
     parser.add_argument("--tier", default="mixed", choices=osd_common.TIERS, help="the spread tier to look at")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per checkpoint")
     parser.add_argument("--action-noise", type=float, default=0.0,
@@ -115,9 +117,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write every run's result here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    try:
+        osd_common.check_task(args.task)
+    except osd_common.TaskError as error:
+        raise SystemExit(f"spread_coordination: --task: {error}") from None
+    if osd_common.split_team_size(args.task)[0] != TASK:
+        raise SystemExit(f"spread_coordination: --task {args.task}: landmark assignments exist on {TASK} "
+                         f"and its team sizes ({TASK}-N4, ...) only")
 
     results = collections.defaultdict(list)
-    for path in sorted(args.records.glob(f"*__{TASK.replace('/', '_')}__{args.tier}__*.json")):
+    for path in sorted(args.records.glob(f"*__{args.task.replace('/', '_')}__{args.tier}__*.json")):
         record = osd_common.load_record(path)
         checkpoint = record["checkpoint"]
         if record["algorithm"] not in SCRIPTS:
@@ -128,20 +137,20 @@ def main(argv=None) -> int:
             print(f"spread_coordination: {path.name}: checkpoint {checkpoint!r} is not on this machine; skipped")
             continue
         act_fn, meta = load_act_fn(record["algorithm"], checkpoint)
-        result = rollout_assignments(act_fn, meta, args.episodes, args.action_noise)
+        result = rollout_assignments(act_fn, meta, args.episodes, args.action_noise, args.task)
         result.update(algorithm=record["algorithm"], seed=record["seed"], record=str(path))
         results[record["algorithm"]].append(result)
         print(f"{path.name}: overlap {result['overlap']:.0%}, normalized score {result['normalized_score']:.1f}, "
               f"assignments {dict(sorted(result['shares'].items()))}")
     if not results:
-        raise SystemExit(f"spread_coordination: no {TASK} {args.tier} record with a checkpoint in {args.records}")
+        raise SystemExit(f"spread_coordination: no {args.task} {args.tier} record with a checkpoint in {args.records}")
 
     def cell(values):
         if len(values) == 1:
             return f"{values[0]:.1f} (n=1)"
         return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
 
-    print(f"\n{TASK} {args.tier}, {args.episodes} episodes per run (seeds {EPISODE_SEED}+):\n")
+    print(f"\n{args.task} {args.tier}, {args.episodes} episodes per run (seeds {EPISODE_SEED}+):\n")
     print("| algorithm | episodes with two agents on one landmark (%) | distinct assignments used | normalized score |")
     print("|---|---|---|---|")
     for algorithm in ("omsd", "omsd-independent", "matd3-bc", "bc"):

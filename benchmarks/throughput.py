@@ -13,6 +13,8 @@ The report (benchmarks/records/throughput.json) holds every run's command line a
     python benchmarks/throughput.py --tasks mpe/simple_spread mamujoco/HalfCheetah-2x3 --threads 1 2
     python benchmarks/throughput.py --devices cuda --batch-sizes 256 1024 4096
     python benchmarks/throughput.py --steps 200 --out /tmp/t.json     # a quick look
+    python benchmarks/throughput.py --tasks mpe/simple_spread mpe/simple_spread-N4 mpe/simple_spread-N6 \
+        --tier random --batch-sizes 256 --out benchmarks/records/throughput_team_sizes.json   # cost against N
 """
 
 from __future__ import annotations
@@ -52,10 +54,10 @@ def run_script(argv: list[str], log: pathlib.Path) -> None:
 
 
 def measure(task: str, device: str, threads: int, batch_size: int, steps: int, actor_steps: int,
-            workdir: pathlib.Path, dataset: str | None = None) -> list[dict]:
+            workdir: pathlib.Path, dataset: str | None = None, tier: str | None = None) -> list[dict]:
     """Phase 1, then phase 2 on its checkpoint: one row per phase with the run's command and record."""
     name = f"{task.replace('/', '_')}__{device}__{threads}__{batch_size}"
-    data = ["--dataset", dataset] if dataset else ["--task", task]
+    data = ["--dataset", dataset] if dataset else ["--task", task, *(["--tier", tier] if tier else [])]
     common = [script_of(task), *data, "--device", device, "--torch-threads", str(threads), "--seed", "1",
               "--behavior-batch-size", str(batch_size), "--critic-batch-size", str(batch_size),
               "--actor-batch-size", str(batch_size), "--eval-episodes", "1", "--final-eval-episodes", "1",
@@ -82,6 +84,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["mpe/simple_spread"], help="tasks (their scripts' default tiers)")
     parser.add_argument("--dataset", default=None, help="time on this dataset file instead (one task)")
+    parser.add_argument("--tier", default=None, help="the tier of every task (default: each script's default "
+                        "tier); the speed depends on the shapes, not the tier: `random` is the quickest to build")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 1024])
     parser.add_argument("--threads", nargs="+", type=int, default=[1], help="CPU thread counts to time")
     parser.add_argument("--devices", nargs="+", default=None, choices=["cpu", "cuda"],
@@ -96,6 +100,8 @@ def main(argv=None) -> int:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if "cuda" in devices and not torch.cuda.is_available():
         raise SystemExit(f"throughput: --devices cuda, but torch {torch.__version__} sees no CUDA device")
+    if args.dataset and args.tier:
+        raise SystemExit("throughput: --dataset and --tier both name the data: pass one of them")
     if args.dataset and len(args.tasks) != 1:
         raise SystemExit("throughput: --dataset times one task: pass the dataset's task alone with --tasks")
 
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
                 for task in args.tasks:
                     for batch_size in args.batch_sizes:
                         for row in measure(task, device, threads, batch_size, args.steps, args.actor_steps,
-                                           pathlib.Path(tmp), args.dataset):
+                                           pathlib.Path(tmp), args.dataset, args.tier):
                             rows.append(row)
                             print(f"{task:24s} {device:4s} threads={threads} batch={batch_size:5d} {row['phase']:28s} "
                                   f"{row['updates_per_s']:9.1f} updates/s", flush=True)

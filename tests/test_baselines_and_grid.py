@@ -483,6 +483,18 @@ def test_spread_coordination_classifies_final_assignments(train, tmp_path, monke
     assert spread_coordination.assignment([obs_nearest(2), obs_nearest(0), obs_nearest(1)]) == "201"
     assert spread_coordination.assignment([obs_nearest(1), obs_nearest(1), obs_nearest(0)]) == "overlap"
 
+    def obs_nearest_of_4(landmark: int) -> np.ndarray:  # spread-N4: 4 landmarks, 3 others, 3 comm channels
+        obs = np.zeros(4 + 8 + 6 + 6, dtype=np.float32)
+        obs[4:12] = 1.0
+        obs[4 + 2 * landmark: 6 + 2 * landmark] = (0.1, 0.0)
+        return obs
+
+    assert spread_coordination.assignment([obs_nearest_of_4(k) for k in (3, 1, 0, 2)]) == "3102"
+    assert spread_coordination.assignment([obs_nearest_of_4(k) for k in (3, 1, 0, 3)]) == "overlap"
+    for task in ("mpe/simple_tag", "mpe/spread"):
+        with pytest.raises(SystemExit, match="--task"):
+            spread_coordination.main(["--records", str(tmp_path), "--task", task])
+
     _, workdir, record = train("bc")  # a real checkpoint, rebuilt by the script that wrote it
     records = tmp_path / "records"
     records.mkdir()
@@ -511,3 +523,5 @@ def test_throughput_runs_the_scripts_and_reads_their_records(tiny_dataset, tmp_p
     assert all(r["updates_per_s"] > 0 and r["record"]["args"]["actor_batch_size"] == 8 for r in report["runs"])
     assert first["command"].startswith("python osd_mpe.py --dataset")
     assert "| mpe/simple_spread | cpu | 1 | 8 |" in throughput.format_throughput(report)
+    with pytest.raises(SystemExit, match="--dataset and --tier both name the data"):
+        throughput.main(["--dataset", str(tiny_dataset), "--tier", "random", "--out", str(out)])

@@ -72,8 +72,9 @@ def trained_run(workdir):
     """Two training runs with the same seed (names differ only by --exp-name), both writing a record."""
     results = [run_script(workdir, "--dataset", "tiny.npz", "--seed", "3", "--exp-name", name,
                           "--record", f"records/{name}.json", *TINY_FLAGS) for name in ("first", "second")]
-    for result in results:
+    for name, result in zip(("first", "second"), results):
         assert result.returncode == 0, result.stderr[-3000:]
+        (workdir / f"stdout_{name}.txt").write_text(result.stdout)
     return workdir
 
 
@@ -170,13 +171,17 @@ def test_critic_check_reads_a_mamujoco_checkpoint(trained_run, monkeypatch):
     assert "| (c) mean V(s) - Q(s, a_data) |" in critic_check.format_table(result)
 
 
-def test_independent_variant_records_its_algorithm(workdir):
+def test_independent_variant_records_its_algorithm(workdir, trained_run):
     result = run_script(workdir, "--dataset", "tiny.npz", "--exp-name", "variant", "--decomposition", "independent",
-                        "--random-order", "--no-save-model", "--record", "records/variant.json", *TINY_FLAGS)
+                        "--random-order", "--no-save-model", "--record", "records/variant.json", "--beta", "0.3",
+                        *TINY_FLAGS)
     assert result.returncode == 0, result.stderr[-3000:]
     record = osd_common.load_record(workdir / "records" / "variant.json")
     assert record["algorithm"] == "omsd-independent" and record["checkpoint"] is None
-    assert record["args"]["decomposition"] == "independent"
+    assert record["args"]["decomposition"] == "independent" and record["args"]["beta"] == 0.3
+    # a large beta on a critic far from converged is flagged; the default beta of the tiny runs is not
+    assert "note: beta 0.3 with 20 critic steps" in result.stdout
+    assert "note: beta" not in (trained_run / "stdout_first.txt").read_text()
 
 
 def test_bad_task_tier_and_missing_dataset_give_clear_errors(workdir, tmp_path):

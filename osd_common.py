@@ -48,7 +48,10 @@ MPE_TASKS = ("mpe/simple_spread", "mpe/simple_tag", "mpe/simple_world_comm")
 # the default size, so it has no -N name (one name per env, dataset and reference entry).
 # base task -> (mpe2's keyword for the size, default size)
 MPE_TEAM_SIZE_ARGS = {"mpe/simple_spread": ("N", 3), "mpe/simple_tag": ("num_adversaries", 3)}
-MAMUJOCO_TASKS = ("mamujoco/HalfCheetah-2x3",)
+# MaMuJoCo splits that datasets/mamujoco_data.py makes tiers for, each from TD3 behavior policies committed under
+# datasets/policies/<split, lower case>/ (datasets/train_mamujoco_td3.py --task trains them; MAMUJOCO.md). Any other
+# gymnasium_robotics split ('mamujoco/<Scenario>-<conf>') trains and evaluates on your own data.
+MAMUJOCO_TASKS = ("mamujoco/HalfCheetah-2x3", "mamujoco/Hopper-3x1", "mamujoco/Ant-2x4")
 TASKS = MPE_TASKS + MAMUJOCO_TASKS
 # MPE tiers: expert, medium, medium-replay, random, mixed, the balanced multimodal balanced and
 # mixed-balanced, and expert-noisy, expert-noisy-replay, mixed-expert-noisy (the scripted expert with random
@@ -267,7 +270,9 @@ class MPEEnv(MultiAgentEnv):
 
 class MaMuJoCoEnv(MultiAgentEnv):
     """gymnasium_robotics.mamujoco_v1, e.g. HalfCheetah split into 2 agents of 3 joints. The global state
-    is `env.state()`; the 1000-step limit is a timeout (truncated), never a terminal."""
+    is `env.state()`. The 1000-step limit is a timeout (truncated), never a terminal; a body that falls
+    (Hopper, Walker2d, Ant: the env's unhealthy check) ends its episode as a terminal (terminated, not
+    truncated), HalfCheetah never does. A step is never both."""
 
     def __init__(self, task: str, render_mode: str | None = None, agent_obsk: int = 0):
         with warnings.catch_warnings():

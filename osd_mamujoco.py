@@ -10,7 +10,8 @@ then the two training phases (§6). The algorithm is osd_mpe.py's, written out a
 keeps the two identical); MaMuJoCo's are the tasks, tiers, budgets and betas. Measured: docs/osd_mamujoco_notes.md.
 
     python osd_mamujoco.py --seed 1                            # HalfCheetah-2x3, tier medium-expert; --help: every flag
-    python osd_mamujoco.py --task mamujoco/Ant-2x4 --dataset path/to/ant.npz   # your own data, any agent split
+    python osd_mamujoco.py --task mamujoco/Hopper-3x1 --tier expert --seed 1   # another of osd's splits
+    python osd_mamujoco.py --task mamujoco/Walker2d-2x3 --dataset path/to/walker.npz   # your own data, any split
     tensorboard --logdir runs
 """
 
@@ -42,10 +43,10 @@ class Args:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where to train: auto picks cuda when torch sees one
     torch_threads: int = 0  # CPU threads for torch (0: torch's default); pass 1 when other jobs share the cores
     # data
-    task: str = "mamujoco/HalfCheetah-2x3"  # the task: HalfCheetah-2x3, or mamujoco/<Scenario>-<conf> with --dataset
+    task: str = "mamujoco/HalfCheetah-2x3"  # one of osd_common.MAMUJOCO_TASKS, or mamujoco/<Scenario>-<conf> with --dataset
     tier: str = "medium-expert"  # the dataset tier: random, medium, medium-replay, expert or medium-expert
     dataset: str | None = None  # path to a dataset .npz; overrides --task/--tier (task and agent_obsk from the data)
-    build_dataset: bool = True  # generate a HalfCheetah-2x3 tier missing from the cache (about 30 s a 100 episodes)
+    build_dataset: bool = True  # generate a tier missing from the cache (HalfCheetah-2x3: about 30 s a 100 episodes)
     # algorithm variant
     decomposition: Literal["sequential", "independent"] = "sequential"  # independent: no prefix (the ablation)
     random_order: bool = False  # sample a new agent order per batch, in behavior training and actor updates (§3)
@@ -108,7 +109,7 @@ DEFAULT_BETA = 0.05
 # below this many critic steps Q has reached less than ~92% of its values (1 - 0.99^(0.005 N), §4), and a
 # beta above 0.05 follows a critic that sees a few dozen steps ahead (docs/q_term_notes.md §5.1-5.2)
 CRITIC_STEPS_FOR_BETA = 50_000
-EXAMPLE_SPLITS = ("mamujoco/Ant-2x4", "mamujoco/Hopper-3x1", "mamujoco/Walker2d-2x3")
+EXAMPLE_SPLITS = ("mamujoco/Walker2d-2x3", "mamujoco/Ant-4x2", "mamujoco/HalfCheetah-6x1")
 
 
 # ---- Diffusion: VP-SDE (docs/algorithm.md §3)
@@ -388,10 +389,12 @@ if __name__ == "__main__":
         osd_common.run_eval_only(PROGRAM, args, device, Args, build_networks)
         raise SystemExit(0)
 
-    # ---- data: a HalfCheetah-2x3 tier (generated on first use) or your own file of any split
+    # ---- data: a tier of one of osd's splits (generated on first use from the split's committed behavior
+    # policies, datasets/mamujoco_data.py) or your own file of any split
     def bad_task(task: str, why: str) -> SystemExit:
-        return SystemExit(f"{PROGRAM}: --task {task!r} {why}; use {osd_common.MAMUJOCO_TASKS[0]}, or another MaMuJoCo "
-                          f"split 'mamujoco/<Scenario>-<conf>' ({', '.join(EXAMPLE_SPLITS)}) with your own --dataset")
+        return SystemExit(f"{PROGRAM}: --task {task!r} {why}; use {', '.join(osd_common.MAMUJOCO_TASKS)}, or another "
+                          f"MaMuJoCo split 'mamujoco/<Scenario>-<conf>' ({', '.join(EXAMPLE_SPLITS)}) with your own "
+                          "--dataset")
 
     if args.dataset is None:
         if not args.task.startswith("mamujoco/"):

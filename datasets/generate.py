@@ -455,7 +455,8 @@ def main() -> None:
     parser.add_argument("--task", default=None,
                         help=f"one of {', '.join(TIER_EPISODES)} (default: mpe/simple_spread), a team size of spread or "
                         "tag as <task>-N<k>, k >= 2 (mpe/simple_spread-N4: 4 agents, 4 landmarks; mpe/simple_tag-N4: 4 "
-                        "predators), or mamujoco/HalfCheetah-2x3 (see datasets/MAMUJOCO.md); with "
+                        "predators), or a MaMuJoCo split: mamujoco/HalfCheetah-2x3, and Hopper-3x1 or Ant-2x4 once their behavior "
+                        "policies are trained (see datasets/MAMUJOCO.md); with "
                         "--measure-references: that task only")
     parser.add_argument("--tier", default="mixed", help=f"one of {', '.join(MPE_TIERS)} (MaMuJoCo: datasets/MAMUJOCO.md)")
     parser.add_argument("--out", default=None, help="output .npz (default: the cache, datasets/cache/<task>/<tier>.npz)")

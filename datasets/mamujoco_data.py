@@ -1,16 +1,25 @@
-"""Make the `mamujoco/HalfCheetah-2x3` datasets, deterministically, from the TD3 behavior policies.
+"""Make the MaMuJoCo datasets (`mamujoco/HalfCheetah-2x3` by default), deterministically, from the TD3 behavior
+policies.
 
     python datasets/mamujoco_data.py --tier expert                 # one dataset into the cache
     python datasets/mamujoco_data.py --all                         # every tier
     python datasets/mamujoco_data.py --measure-references          # R_random / R_expert, 50 episodes each
     python datasets/mamujoco_data.py --card                        # markdown table of the cached tiers
+    python datasets/mamujoco_data.py --task mamujoco/Hopper-3x1 --all   # another split (each command takes --task)
 
 The behavior policies are the actor checkpoints of datasets/train_mamujoco_td3.py, committed under
-`datasets/policies/halfcheetah-2x3/` with their `training_log.json`. Every tier but medium-replay is
-rolled out here with Gaussian action noise N(0, 0.1^2) for diversity (as OMAR added noise to its MATD3
-policies); episodes are 1000 steps and end in a timeout, never a terminal.
+`datasets/policies/<split, lower case>/` (HalfCheetah-2x3: `datasets/policies/halfcheetah-2x3/`) with their
+`training_log.json`; a split is generated here once that folder exists (TASKS lists the splits osd means to
+provide; `python datasets/train_mamujoco_td3.py --task <task>` makes the folder). Every tier but medium-replay
+is rolled out here with Gaussian action noise N(0, 0.1^2) for diversity (as OMAR added noise to its MATD3
+policies).
 
-Tiers (episodes of 1000 steps; sizes in TIER_EPISODES):
+Episode ends: an episode lasts at most 1000 steps. HalfCheetah never terminates: its episodes are 1000 steps
+and end in a timeout (timeouts = 1, terminals = 0). Hopper, Walker2d and Ant terminate when they fall: such an
+episode is shorter and ends in a terminal (terminals = 1, timeouts = 0); one that stays up to the limit ends
+in a timeout. A step is never both.
+
+Tiers (episodes of at most 1000 steps; sizes in TIER_EPISODES):
   random         uniform random actions in [-1, 1]                                    100 episodes
   medium         the checkpoint whose evaluation return is closest to half the expert's  100 episodes
   expert         the final checkpoint                                                  100 episodes
@@ -41,14 +50,62 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import osd_common  # noqa: E402
-from train_mamujoco_td3 import load_actor, split_actions  # noqa: E402
+from train_mamujoco_td3 import default_policy_dir, default_replay_file, load_actor, split_actions  # noqa: E402
 
-TASK = "mamujoco/HalfCheetah-2x3"
+TASK = "mamujoco/HalfCheetah-2x3"  # the default task
+# the splits osd provides datasets for, each from its own behavior policies in task_policy_dir(task) (any other
+# split works too once its policies are trained there)
+TASKS = osd_common.MAMUJOCO_TASKS
 GENERATOR_VERSION = "osd-mamujoco-1"
-POLICY_DIR = HERE / "policies" / "halfcheetah-2x3"
-REPLAY_FILE = osd_common.DATASET_CACHE / "mamujoco" / "HalfCheetah-2x3" / "td3_replay.npz"
-# Our measured R_random / R_expert, until it is merged into datasets/reference_returns.json.
-LOCAL_REFERENCES = POLICY_DIR / "reference_returns.json"
+
+
+def task_policy_dir(task: str) -> pathlib.Path:
+    """The task's committed behavior policies: datasets/policies/<split, lower case>."""
+    return default_policy_dir(task)
+
+
+def task_replay_file(task: str) -> pathlib.Path:
+    """The task's training-run replay cache (git-ignored), whose prefix is the medium-replay tier."""
+    return default_replay_file(task)
+
+
+def local_references(task: str, policies: pathlib.Path | None = None) -> pathlib.Path:
+    """Our measured R_random / R_expert of `task` (next to its policies), until it is merged into
+    datasets/reference_returns.json."""
+    return (task_policy_dir(task) if policies is None else pathlib.Path(policies)) / "reference_returns.json"
+
+
+def task_flag(task: str) -> str:
+    """' --task <task>' for a command line, nothing for the default task."""
+    return "" if task == TASK else f" --task {task}"
+
+
+def missing_policies(task: str, policies: pathlib.Path, missing: pathlib.Path) -> SystemExit:
+    """The stop when `task`'s behavior policies are not in `policies` (`missing`: the file or folder that is not
+    there): it names the folder and the command that makes it."""
+    return SystemExit(f"{missing}: missing. The tiers of {task} are made from its behavior policies, a "
+                      f"training_log.json and actor checkpoints in {policies}/. Train them first: python "
+                      f"datasets/train_mamujoco_td3.py{task_flag(task)} --total-timesteps N (it writes that folder; "
+                      f"datasets/MAMUJOCO.md), then python datasets/mamujoco_data.py{task_flag(task)} "
+                      "--measure-references")
+
+
+def require_policies(task: str, policies: pathlib.Path, checkpoints: bool = True) -> None:
+    """Stop, naming what is missing and how to make it, unless `policies` holds a training log and (with
+    `checkpoints`) the checkpoints of the expert and medium tiers (the final one and the one closest to half
+    its return). medium-replay needs the log only (the medium checkpoint's step)."""
+    policies = pathlib.Path(policies)
+    log = policies / "training_log.json"
+    if not log.exists():
+        raise missing_policies(task, policies, policies if not policies.exists() else log)
+    for entry in (expert_checkpoint(policies), medium_checkpoint(policies)) if checkpoints else ():
+        if not (policies / entry["checkpoint"]).exists():
+            raise missing_policies(task, policies, policies / entry["checkpoint"])
+
+
+POLICY_DIR = task_policy_dir(TASK)
+REPLAY_FILE = task_replay_file(TASK)
+LOCAL_REFERENCES = local_references(TASK)
 MAMUJOCO_TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 TIER_EPISODES = {"random": 100, "medium": 100, "expert": 100, "medium-expert": 200, "medium-replay": None}
 ACTION_NOISE = 0.1
@@ -75,6 +132,7 @@ class TD3Team:
     def __init__(self, checkpoint: pathlib.Path, noise_std: float = ACTION_NOISE):
         self.checkpoint, self.noise_std = pathlib.Path(checkpoint), noise_std
         self.actor = load_actor(self.checkpoint)
+        self.task = self.actor.task  # the task the checkpoint was trained on
 
     @property
     def policy_id(self) -> str:
@@ -89,9 +147,10 @@ class TD3Team:
 
 
 def training_log(policy_dir: pathlib.Path = POLICY_DIR) -> dict:
-    path = policy_dir / "training_log.json"
+    path = pathlib.Path(policy_dir) / "training_log.json"
     if not path.exists():
-        raise SystemExit(f"{path}: missing; train the behavior policy first: python datasets/train_mamujoco_td3.py")
+        raise SystemExit(f"{path}: missing; train the behavior policy first: python datasets/train_mamujoco_td3.py "
+                         "--task <task> (datasets/MAMUJOCO.md)")
     return json.loads(path.read_text())
 
 
@@ -119,7 +178,8 @@ def medium_policy(policy_dir: pathlib.Path = POLICY_DIR) -> TD3Team:
 # Rollouts and the file
 # ---------------------------------------------------------------------------------------------------
 def rollout(env, policy, rng: np.random.Generator, reset_seed: int, episode_steps: int | None = None) -> dict:
-    """One episode; `episode_steps` cuts it short (tests), ending it with a timeout like the real limit."""
+    """One episode, until the env terminates (a fall: terminals = 1) or truncates (the time limit: timeouts =
+    1); `episode_steps` cuts it short (tests), ending it with a timeout like the real limit."""
     steps = {k: [] for k in osd_common.TRANSITION_FIELDS}
     obs, state = env.reset(seed=reset_seed)
     done, t = False, 0
@@ -159,15 +219,21 @@ def masks(obs_dims, act_dims) -> dict[str, np.ndarray]:
             "act_mask": (np.arange(max(act_dims))[None] < np.array(act_dims)[:, None]).astype(np.float32)}
 
 
-def references(task: str = TASK) -> tuple[float, float]:
-    """(R_random, R_expert): datasets/reference_returns.json if it has the task, else our measured entry."""
+def references(task: str = TASK, policies: pathlib.Path | None = None) -> tuple[float, float]:
+    """(R_random, R_expert): datasets/reference_returns.json if it has the task, else our measured entry
+    (local_references: next to the task's behavior policies, `policies` or task_policy_dir(task))."""
     try:
         return osd_common.reference_returns(task)
     except osd_common.DatasetError:
-        if not LOCAL_REFERENCES.exists():
-            raise SystemExit(f"no reference returns for {task}: run python datasets/mamujoco_data.py "
-                             "--measure-references") from None
-        entry = json.loads(LOCAL_REFERENCES.read_text())
+        policies = task_policy_dir(task) if policies is None else pathlib.Path(policies)
+        local = local_references(task, policies)
+        if not local.exists():
+            if not (policies / "training_log.json").exists():  # no expert either: train it first
+                raise missing_policies(task, policies, policies if not policies.exists()
+                                       else policies / "training_log.json") from None
+            raise SystemExit(f"no reference returns for {task}: run python datasets/mamujoco_data.py"
+                             f"{task_flag(task)} --measure-references") from None
+        entry = json.loads(local.read_text())
         return float(entry["R_random"]), float(entry["R_expert"])
 
 
@@ -186,21 +252,31 @@ def episode_plan(tier: str, episodes: int, policy_dir: pathlib.Path = POLICY_DIR
     raise ValueError(f"unknown tier {tier!r}: use one of {', '.join(MAMUJOCO_TIERS)}")
 
 
-def replay_arrays(episodes: int | None, policy_dir: pathlib.Path, replay_file: pathlib.Path) -> tuple[dict, dict]:
-    """The medium-replay tier: the learner's buffer, in order, up to the medium checkpoint's step."""
-    if not replay_file.exists():
-        raise SystemExit(f"{replay_file}: missing. medium-replay is the TD3 learner's replay buffer, which the "
-                         "training run caches there. Its first 100k steps remake it: "
-                         "python datasets/train_mamujoco_td3.py --total-timesteps 100000 --policy-dir /tmp/td3_rerun "
-                         "(about 13 min)")
+def replay_arrays(episodes: int | None, policy_dir: pathlib.Path, replay_file: pathlib.Path,
+                  task: str = TASK) -> tuple[dict, dict]:
+    """The medium-replay tier: the learner's buffer, in order, up to the medium checkpoint's step (whole
+    episodes only; episodes that end in a fall are shorter, and the buffer's terminals and timeouts are kept)."""
     medium = medium_checkpoint(policy_dir)
+    if not replay_file.exists():
+        steps = int(medium["step"])
+        how = ("Its first 100k steps remake it: python datasets/train_mamujoco_td3.py --total-timesteps 100000 "
+               "--policy-dir /tmp/td3_rerun (about 13 min)" if task == TASK else
+               f"A training run of the same settings as long as the medium checkpoint's step remakes it: python "
+               f"datasets/train_mamujoco_td3.py --task {task} --total-timesteps {steps} --policy-dir /tmp/td3_rerun")
+        raise SystemExit(f"{replay_file}: missing. medium-replay is the TD3 learner's replay buffer, which the "
+                         f"training run caches there. {how}")
     with np.load(replay_file) as data:
         buf = {k: data[k] for k in data.files}
     end = int(medium["step"])
     ends = np.flatnonzero(buf["timeouts"][:end] + buf["terminals"][:end])
     if episodes is not None:  # the first `episodes` episodes only
+        if len(ends) < episodes:
+            raise SystemExit(f"{replay_file}: its first {end} steps hold {len(ends)} whole episodes, fewer than "
+                             f"--episodes {episodes}")
         end = int(ends[episodes - 1]) + 1
-    elif len(ends) == 0 or ends[-1] != end - 1:
+    elif len(ends) == 0:
+        raise SystemExit(f"{replay_file}: no episode ends within its first {end} steps (the medium checkpoint's)")
+    elif ends[-1] != end - 1:
         end = int(ends[-1]) + 1  # keep whole episodes only
     obs_dims, act_dims = [int(d) for d in buf["obs_dims"]], [int(d) for d in buf["act_dims"]]
     arrays = {
@@ -211,7 +287,8 @@ def replay_arrays(episodes: int | None, policy_dir: pathlib.Path, replay_file: p
         **masks(obs_dims, act_dims),
     }
     info = {"behavior_policies": [f"td3-joint-replay:{policy_dir.name}:seed{int(buf['seed'])}:steps0-{end}"],
-            "episode_labels": {f"td3-replay-steps0-{end}": int(len(np.flatnonzero(arrays["timeouts"])))},
+            "episode_labels": {f"td3-replay-steps0-{end}": int(np.count_nonzero(arrays["terminals"]
+                                                                                   + arrays["timeouts"]))},
             "replay_source": {"file": replay_file.name, "training_seed": int(buf["seed"]),
                               "medium_checkpoint": medium["checkpoint"], "steps": end}}
     return arrays, info
@@ -219,28 +296,36 @@ def replay_arrays(episodes: int | None, policy_dir: pathlib.Path, replay_file: p
 
 def generate_mamujoco(task: str, tier: str, out=None, episodes: int | None = None, seed: int = 0,
                       force: bool = False, progress: bool = True, episode_steps: int | None = None,
-                      policy_dir=POLICY_DIR, replay_file=REPLAY_FILE,
+                      policy_dir=None, replay_file=None,
                       refs: tuple[float, float] | None = None) -> pathlib.Path:
-    """Generate one HalfCheetah-2x3 dataset file (osd_common format) and return its path.
+    """Generate one dataset file of a MaMuJoCo split (osd_common format) and return its path.
 
+    `policy_dir` and `replay_file` default to the task's (task_policy_dir(task), task_replay_file(task));
     `episode_steps` shortens every episode (tests only); `refs` overrides (R_random, R_expert)."""
-    if task != TASK:
-        raise SystemExit(f"--task {task}: behavior policies exist for {TASK} only")
+    osd_common.check_task(task)
+    if not task.startswith("mamujoco/"):
+        raise SystemExit(f"--task {task}: this generator is for MaMuJoCo splits ({', '.join(TASKS)})")
     if tier not in MAMUJOCO_TIERS:
         raise SystemExit(f"--tier {tier}: use one of {', '.join(MAMUJOCO_TIERS)}")
-    policy_dir = pathlib.Path(policy_dir)
+    policy_dir = task_policy_dir(task) if policy_dir is None else pathlib.Path(policy_dir)
+    replay_file = task_replay_file(task) if replay_file is None else pathlib.Path(replay_file)
     out = pathlib.Path(out) if out is not None else osd_common.dataset_path(task, tier)
     if out.exists() and not force:
         raise SystemExit(f"{out} exists already: pass --force to overwrite it")
-    ref_random, ref_expert = refs if refs is not None else references(task)
+    if tier != "random":  # every tier but random is rolled out by (or recorded from) the trained policies
+        require_policies(task, policy_dir, checkpoints=tier != "medium-replay")
+    ref_random, ref_expert = refs if refs is not None else references(task, policy_dir)
     env = osd_common.make_env(task)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: the same actor outputs bit for bit, run after run
     try:
         if tier == "medium-replay":
-            arrays, info = replay_arrays(episodes, policy_dir, pathlib.Path(replay_file))
+            arrays, info = replay_arrays(episodes, policy_dir, replay_file, task)
         else:
             plan = episode_plan(tier, episodes or TIER_EPISODES[tier], policy_dir)
+            trained_on = sorted({policy.task for _, policy in plan if getattr(policy, "task", None) not in (None, task)})
+            if trained_on:
+                raise SystemExit(f"{policy_dir}: its checkpoints were trained on {', '.join(trained_on)}, not {task}")
             rng = np.random.default_rng(seed)
             columns = {k: [] for k in osd_common.TRANSITION_FIELDS}
             for k, (_, policy) in enumerate(tqdm(plan, desc=f"{task}/{tier}", disable=not progress)):
@@ -272,18 +357,22 @@ def generate_mamujoco(task: str, tier: str, out=None, episodes: int | None = Non
     return osd_common.save_dataset(out, arrays, meta, force=force)
 
 
-def measure_references(episodes: int = REFERENCE_EPISODES, policy_dir=POLICY_DIR, progress: bool = True) -> dict:
-    """R_random and R_expert of HalfCheetah-2x3 on the evaluation reset seeds 0..episodes-1 (as
-    osd_common.evaluate uses), in the shape of the entries of datasets/reference_returns.json. The
-    expert is the expert tier's behavior policy (final checkpoint, action noise 0.1)."""
-    env = osd_common.make_env(TASK)
-    entry = {"episodes": episodes, "command": "python datasets/mamujoco_data.py --measure-references"}
+def measure_references(episodes: int = REFERENCE_EPISODES, policy_dir=None, progress: bool = True,
+                       task: str = TASK) -> dict:
+    """R_random and R_expert of `task` on the evaluation reset seeds 0..episodes-1 (as osd_common.evaluate
+    uses; an episode ends at a fall or the time limit), in the shape of the entries of
+    datasets/reference_returns.json. The expert is the expert tier's behavior policy (final checkpoint of
+    `policy_dir`, default the task's, with action noise 0.1)."""
+    policy_dir = task_policy_dir(task) if policy_dir is None else pathlib.Path(policy_dir)
+    require_policies(task, policy_dir)
+    env = osd_common.make_env(task)
+    entry = {"episodes": episodes, "command": f"python datasets/mamujoco_data.py{task_flag(task)} --measure-references"}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    for name, policy in (("random", UniformRandomTeam()), ("expert", expert_policy(pathlib.Path(policy_dir)))):
+    for name, policy in (("random", UniformRandomTeam()), ("expert", expert_policy(policy_dir))):
         rng = np.random.default_rng(12345)
         returns = [float(np.sum(rollout(env, policy, rng, k)["rewards"]))
-                   for k in tqdm(range(episodes), desc=f"{TASK} {name}", disable=not progress)]
+                   for k in tqdm(range(episodes), desc=f"{task} {name}", disable=not progress)]
         entry[f"R_{name}"] = float(np.mean(returns))
         entry[f"R_{name}_std"] = float(np.std(returns))
         entry[f"R_{name}_stderr"] = float(np.std(returns) / np.sqrt(episodes))
@@ -293,12 +382,12 @@ def measure_references(episodes: int = REFERENCE_EPISODES, policy_dir=POLICY_DIR
     return entry
 
 
-def data_card() -> str:
-    """Markdown table of every cached HalfCheetah-2x3 tier's metadata."""
+def data_card(task: str = TASK) -> str:
+    """Markdown table of every cached tier's metadata of `task`."""
     rows = ["| tier | behavior | transitions | episodes | return mean ± std | normalized score of the data |",
             "|---|---|---|---|---|---|"]
     for tier in MAMUJOCO_TIERS:
-        path = osd_common.dataset_path(TASK, tier)
+        path = osd_common.dataset_path(task, tier)
         if not path.exists():
             rows.append(f"| {tier} | not generated | | | | |")
             continue
@@ -310,7 +399,7 @@ def data_card() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default=TASK)
+    parser.add_argument("--task", default=TASK, help=f"the MaMuJoCo split (default {TASK}; osd's: {', '.join(TASKS)})")
     parser.add_argument("--tier", default="expert", help=f"one of {', '.join(MAMUJOCO_TIERS)}")
     parser.add_argument("--out", default=None, help="output .npz (default: datasets/cache/<task>/<tier>.npz)")
     parser.add_argument("--episodes", type=int, default=None, help="override the tier's episode count")
@@ -319,24 +408,33 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every tier into the cache")
     parser.add_argument("--measure-references", action="store_true",
                         help=f"measure R_random/R_expert ({REFERENCE_EPISODES} episodes each), print the entry "
-                             f"and write it to {LOCAL_REFERENCES.relative_to(HERE.parent)}")
+                             "and write it next to the task's policies (HalfCheetah-2x3: "
+                             f"{LOCAL_REFERENCES.relative_to(HERE.parent)})")
     parser.add_argument("--card", action="store_true", help="print the markdown table of the cached tiers")
+    parser.add_argument("--policy-dir", default=None,
+                        help="the behavior policies (default: the task's, datasets/policies/<split, lower case>), "
+                             "e.g. a training run's --policy-dir elsewhere, to try it before committing it")
+    parser.add_argument("--replay-file", default=None,
+                        help="the training run's replay cache, for medium-replay (default: the task's, "
+                             "datasets/cache/<task>/td3_replay.npz)")
     args = parser.parse_args()
+    policies = task_policy_dir(args.task) if args.policy_dir is None else pathlib.Path(args.policy_dir)
     if args.measure_references:
-        entry = measure_references(args.episodes or REFERENCE_EPISODES)
-        LOCAL_REFERENCES.write_text(json.dumps(entry, indent=2) + "\n")
-        print(json.dumps({TASK: entry}, indent=2))
+        entry = measure_references(args.episodes or REFERENCE_EPISODES, policy_dir=policies, task=args.task)
+        local_references(args.task, policies).write_text(json.dumps(entry, indent=2) + "\n")
+        print(json.dumps({args.task: entry}, indent=2))
     elif args.card:
-        print(data_card())
+        print(data_card(args.task))
     elif args.all:
         for tier in MAMUJOCO_TIERS:
             if osd_common.dataset_path(args.task, tier).exists() and not args.force:
                 print(f"{args.task}/{tier}: cached, skipping (--force regenerates)")
                 continue
-            print(generate_mamujoco(args.task, tier, seed=args.seed, force=args.force))
+            print(generate_mamujoco(args.task, tier, seed=args.seed, force=args.force, policy_dir=policies,
+                                    replay_file=args.replay_file))
     else:
         print(generate_mamujoco(args.task, args.tier, out=args.out, episodes=args.episodes, seed=args.seed,
-                                force=args.force))
+                                force=args.force, policy_dir=policies, replay_file=args.replay_file))
 
 
 if __name__ == "__main__":

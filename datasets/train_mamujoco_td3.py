@@ -1,35 +1,46 @@
-"""Train the behavior policy of `mamujoco/HalfCheetah-2x3` online with TD3, for the offline datasets.
+"""Train the behavior policy of a MaMuJoCo split (default `mamujoco/HalfCheetah-2x3`) online with TD3, for
+the offline datasets.
 
     python datasets/train_mamujoco_td3.py --overwrite           # redo the reference run in place (datasets/MAMUJOCO.md)
     python datasets/train_mamujoco_td3.py --total-timesteps 5000 --learning-starts 1000 --policy-dir /tmp/td3_smoke \
         --replay-out /tmp/td3_smoke/replay.npz                      # a smoke test
     python datasets/train_mamujoco_td3.py --total-timesteps 100000 --policy-dir /tmp/td3_rerun   # remake only
                                                                 # the medium-replay cache (about 13 min)
+    python datasets/train_mamujoco_td3.py --task mamujoco/Hopper-3x1 --total-timesteps N   # another split
 
-The run is deterministic on CPU: its first 100k steps are those of the reference run (the 100k checkpoint
-of a 100k-step rerun is bit-identical to the committed one), so a 100k-step run remakes the replay cache
-that the `medium-replay` tier needs. The script stops rather than overwrite an existing run's
-`training_log.json` or replay cache unless given `--overwrite`.
+The run is deterministic on CPU: the first 100k steps of a HalfCheetah rerun are those of the reference run
+(the 100k checkpoint of a 100k-step rerun is bit-identical to the committed one), so a 100k-step run remakes
+the replay cache that HalfCheetah's `medium-replay` tier needs (any split: a run as long as the step of its
+medium checkpoint). The script
+stops rather than overwrite an existing run's `training_log.json` or replay cache unless given `--overwrite`.
 
 Why TD3 on the JOINT action, not MATD3 (one actor per agent): a behavior policy only has to produce good,
-diverse data; it need not be decentralized. HalfCheetah split into 2 agents is one body whose two legs
-must be coordinated at every step, so one actor that reads the whole team's observation and outputs
-both agents' actions (6 numbers) with one twin critic is simpler (one network pair, no per-agent
-bookkeeping) and learns faster and stronger than decentralized actors that each see half the body.
-The data it produces is still multi-agent data: every transition records each agent's own observation
-and action, which is all the offline learners use.
+diverse data; it need not be decentralized. A MaMuJoCo split is one body whose parts must be coordinated
+at every step (HalfCheetah's two legs, Hopper's three joints), so one actor that reads the whole team's
+observation and outputs every agent's action (HalfCheetah 2x3: 6 numbers) with one twin critic is simpler
+(one network pair, no per-agent bookkeeping) and learns faster and stronger than decentralized actors that
+each see part of the body. The data it produces is still multi-agent data: every transition records each
+agent's own observation and action, which is all the offline learners use.
 
-What it writes:
-* `--policy-dir` (default `datasets/policies/halfcheetah-2x3/`, committed): the actor's `state_dict`
-  every `--eval-every` env steps (`actor_step{N:07d}.pt`, about 0.3 MB each), and
+Episode ends: HalfCheetah never terminates (every episode ends in the 1000-step timeout); Hopper, Walker2d
+and Ant terminate when they fall (the env's "unhealthy" check), a random team within tens to hundreds of steps. A fall is
+stored as a terminal (terminals = 1, no bootstrap in the TD target), the time limit as a timeout (timeouts
+= 1, the target bootstraps: the episode was cut, not finished); evaluation episodes stop at the fall too.
+Nothing else is task-specific: every split runs with the same settings (10k uniform random steps first,
+exploration noise 0.1), those of the HalfCheetah reference run. Hopper's reward includes an alive bonus of 1 per step,
+which a fall forfeits, so its returns grow with how long the body stays up.
+
+What it writes (the defaults follow `--task`: `<split>` is the task's "<Scenario>-<conf>", e.g. Hopper-3x1):
+* `--policy-dir` (default `datasets/policies/<split, lower case>/`, e.g. `halfcheetah-2x3/`, committed): the
+  actor's `state_dict` every `--eval-every` env steps (`actor_step{N:07d}.pt`, about 0.3 MB each), and
   `training_log.json` (env step -> deterministic evaluation return, the run's settings and wall time).
-* `--replay-out` (default `datasets/cache/mamujoco/HalfCheetah-2x3/td3_replay.npz`, git-ignored): every
+* `--replay-out` (default `datasets/cache/mamujoco/<split>/td3_replay.npz`, git-ignored): every
   transition the learner collected, in order (exploration noise included): per-agent observations,
   actions, rewards, next observations, states, next states, terminals and timeouts. The `medium-replay`
   tier is its prefix up to the step of the medium checkpoint (datasets/mamujoco_data.py).
 
-The actor's input is the concatenation of the agents' observations (11 + 11 numbers with
-agent_obsk=0, which together contain all 17 numbers of the global state); no normalization is used.
+The actor's input is the concatenation of the agents' observations (HalfCheetah 2x3 with agent_obsk=0:
+11 + 11 numbers, which together contain all 17 numbers of the global state); no normalization is used.
 """
 
 from __future__ import annotations
@@ -60,7 +71,8 @@ class Args:
     exp_name: str = "td3_joint"
     """the name of this experiment (recorded in training_log.json)"""
     task: str = "mamujoco/HalfCheetah-2x3"
-    """the MaMuJoCo task (osd_common.make_env name)"""
+    """the MaMuJoCo split (osd_common.make_env name, e.g. mamujoco/Hopper-3x1); it sets the defaults of --policy-dir
+    and --replay-out"""
     seed: int = 1
     """seed of the experiment (torch, numpy, random, env resets)"""
     torch_deterministic: bool = True
@@ -92,16 +104,40 @@ class Args:
     eval_every: int = 25_000
     """env steps between deterministic evaluations (and checkpoints)"""
     eval_episodes: int = 5
-    """episodes per evaluation (1000 steps each; reset seeds 1_000_000 + k, distinct from data seeds)"""
-    policy_dir: str = str(HERE / "policies" / "halfcheetah-2x3")
-    """where the actor checkpoints and training_log.json go"""
-    replay_out: str = str(osd_common.DATASET_CACHE / "mamujoco" / "HalfCheetah-2x3" / "td3_replay.npz")
-    """where the ordered replay transitions go (empty string: do not save them)"""
+    """episodes per evaluation (up to 1000 steps each, shorter when the body falls; reset seeds 1_000_000 + k,
+    distinct from data seeds)"""
+    policy_dir: str | None = None
+    """where the actor checkpoints and training_log.json go (None: the task's, datasets/policies/<split, lower
+    case>, e.g. datasets/policies/hopper-3x1)"""
+    replay_out: str | None = None
+    """where the ordered replay transitions go (None: the task's, datasets/cache/<task>/td3_replay.npz; empty
+    string: do not save them)"""
     progress: bool = True
     """show a tqdm progress bar"""
     overwrite: bool = False
     """replace an existing run: its training_log.json and checkpoints in --policy-dir and the --replay-out
     file (without it the script stops rather than overwrite them)"""
+
+
+def default_policy_dir(task: str) -> pathlib.Path:
+    """Where the behavior policies of a MaMuJoCo `task` are committed: datasets/policies/<split, lower case>,
+    e.g. mamujoco/Hopper-3x1 -> datasets/policies/hopper-3x1."""
+    osd_common.check_task(task)
+    if not task.startswith("mamujoco/"):
+        raise SystemExit(f"--task {task}: this trainer is for MaMuJoCo splits, e.g. mamujoco/HalfCheetah-2x3")
+    return HERE / "policies" / task.split("/", 1)[1].lower()
+
+
+def default_replay_file(task: str) -> pathlib.Path:
+    """Where the training run caches its replay buffer (git-ignored): datasets/cache/<task>/td3_replay.npz."""
+    return osd_common.DATASET_CACHE / osd_common.check_task(task) / "td3_replay.npz"
+
+
+def resolve_paths(args: Args) -> Args:
+    """`args` with --policy-dir and --replay-out left at None filled in from --task."""
+    return dataclasses.replace(
+        args, policy_dir=str(default_policy_dir(args.task)) if args.policy_dir is None else args.policy_dir,
+        replay_out=str(default_replay_file(args.task)) if args.replay_out is None else args.replay_out)
 
 
 class Actor(nn.Module):
@@ -134,7 +170,14 @@ def load_actor(path, hidden: int | None = None) -> Actor:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     actor = Actor(int(checkpoint["obs_dim"]), int(checkpoint["act_dim"]), hidden or int(checkpoint["hidden"]))
     actor.load_state_dict(checkpoint["actor"])
+    actor.task = checkpoint.get("task")  # the task it was trained on (datasets/mamujoco_data.py checks it)
     return actor.eval()
+
+
+def td_target(reward: torch.Tensor, terminal: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The critics' TD target r + gamma (1 - terminal) Q'(s', a'): a terminal (a fall) ends the return there; a
+    timeout is not a terminal and bootstraps, since the episode was cut, not finished."""
+    return reward + gamma * (1.0 - terminal) * next_q
 
 
 def split_actions(joint: np.ndarray, act_dims: list[int]) -> list[np.ndarray]:
@@ -161,6 +204,7 @@ def evaluate_actor(actor: Actor, task: str, episodes: int, seed_offset: int = 1_
 
 
 def main(args: Args) -> None:
+    args = resolve_paths(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -214,7 +258,8 @@ def main(args: Args) -> None:
             buf[key][step] = value
         episode_return += reward
         obs, state = next_obs, next_state
-        if terminated or truncated:  # HalfCheetah: only the 1000-step timeout ends an episode
+        # a fall ends the episode as a terminal, the 1000-step limit as a timeout (HalfCheetah never falls)
+        if terminated or truncated:
             episode_returns.append(episode_return)
             episode, episode_return = episode + 1, 0.0
             obs, state = env.reset(seed=args.seed * 100_000 + episode)
@@ -225,12 +270,12 @@ def main(args: Args) -> None:
             idx = rng.integers(0, step + 1, args.batch_size)
             b_obs, b_next = torch.as_tensor(buf["observations"][idx]), torch.as_tensor(buf["next_observations"][idx])
             b_act, b_rew = torch.as_tensor(buf["actions"][idx]), torch.as_tensor(buf["rewards"][idx])
-            b_done = torch.as_tensor(buf["terminals"][idx])  # timeouts bootstrap: they are not terminals
+            b_done = torch.as_tensor(buf["terminals"][idx])  # falls only: timeouts are not terminals
             with torch.no_grad():
                 noise = (torch.randn_like(b_act) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
                 next_action = (actor_target(b_next) + noise).clamp(-1.0, 1.0)
                 next_q = torch.min(qf1_target(b_next, next_action), qf2_target(b_next, next_action))
-                target = b_rew + args.gamma * (1.0 - b_done) * next_q
+                target = td_target(b_rew, b_done, next_q, args.gamma)
             qf1_loss = F.mse_loss(qf1(b_obs, b_act), target)
             qf2_loss = F.mse_loss(qf2(b_obs, b_act), target)
             q_optimizer.zero_grad()

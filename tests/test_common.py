@@ -22,6 +22,8 @@ EXPECTED_SHAPES = {  # n_agents, obs_dims, act_dims, state_dim
     "mpe/simple_tag": (3, [16, 16, 16], [5, 5, 5], 48),
     "mpe/simple_world_comm": (4, [34, 34, 34, 34], [9, 5, 5, 5], 136),
     "mamujoco/HalfCheetah-2x3": (2, [11, 11], [3, 3], 17),
+    "mamujoco/Hopper-3x1": (3, [7, 7, 7], [1, 1, 1], 11),
+    "mamujoco/Ant-2x4": (2, [61, 61], [4, 4], 105),
 }
 
 

@@ -206,9 +206,10 @@ def test_bad_task_tier_and_missing_dataset_give_clear_errors(workdir, tmp_path):
     assert "python datasets/generate.py --task mamujoco/HalfCheetah-2x3 --tier expert" in result.stderr
 
     # a split osd has no data for: bring your own
-    result = run_script(workdir, "--task", "mamujoco/Hopper-3x1", env_extra=empty_cache)
+    result = run_script(workdir, "--task", "mamujoco/Walker2d-2x3", env_extra=empty_cache)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "osd generates datasets for mamujoco/HalfCheetah-2x3 only; pass your own file with --dataset" in result.stderr
+    assert ("osd generates datasets for mamujoco/HalfCheetah-2x3, mamujoco/Hopper-3x1, mamujoco/Ant-2x4 only; pass "
+            "your own file with --dataset") in result.stderr
 
 
 def test_nan_guard_names_the_loss_and_step(workdir):

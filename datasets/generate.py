@@ -35,8 +35,7 @@ Tiers (sizes in TIER_EPISODES; what each is for, and how each was measured, in d
 
 Team sizes (`--task mpe/simple_spread-N4`, `mpe/simple_tag-N4`; osd_common.MPE_TEAM_SIZE_ARGS) make every
 tier the way their 3-agent task does, with the same episode counts (tier_episodes) and random-step
-probability. They have no MATD3 run, so medium, medium-replay and mixed are the expert-noisy constructions,
-as on tag and world. Their R_random / R_expert must be measured first (`--measure-references --task ...`).
+probability. They have no MATD3 run, so medium, medium-replay and mixed are the expert-noisy constructions. Their R_random / R_expert must be measured first (`--measure-references --task ...`).
 """
 
 from __future__ import annotations
@@ -64,7 +63,8 @@ EXPERT_NOISE = 0.1
 EXPERT_NOISY_RANDOM_PROB = {"mpe/simple_spread": 0.65, "mpe/simple_tag": 0.4, "mpe/simple_world_comm": 0.5}
 # Tasks whose medium / medium-replay come from a MATD3 run: its committed checkpoints and training_log.json.
 LEARNED_POLICY_DIRS = {"mpe/simple_spread": HERE / "policies" / "simple-spread-matd3",
-                       "mpe/simple_tag": HERE / "policies" / "simple-tag-matd3"}
+                       "mpe/simple_tag": HERE / "policies" / "simple-tag-matd3",
+                       "mpe/simple_world_comm": HERE / "policies" / "simple-world-comm-matd3"}
 MEDIUM_TARGET_SCORE = 50.0  # the medium checkpoint: noise-free normalized score nearest this
 MEDIUM_NOISE = EXPERT_NOISE
 # Episodes per tier. Spread's medium-replay is a cap on the learner's buffer (its first episodes up to the

@@ -102,7 +102,7 @@ def tiny_n4_mixed(tmp_path_factory):
 def test_generator_builds_a_valid_n4_mixed(tiny_n4_mixed):
     data = osd_common.load_dataset(tiny_n4_mixed)  # validates every field and the sha256
     assert data.task == N4 and data.n_agents == 4 and data.observations.shape == (250, 4, 24)
-    # no MATD3 run at this size: mixed's medium fifth is expert-noisy, as on tag and world
+    # no MATD3 run at this size: mixed's medium fifth is expert-noisy
     assert data.meta["episode_labels"] == {"expert-convention0": 2, "expert-convention1": 2, "expert-convention2": 2,
                                            "expert-noisy": 2, "random": 2}
     assert (data.meta["ref_random"], data.meta["ref_expert"]) == osd_common.reference_returns(N4)

@@ -66,13 +66,13 @@ def test_medium_tier_is_built_from_the_committed_checkpoint(tmp_path):
 
 
 def test_renamed_scripted_tiers_keep_the_old_construction(tmp_path):
-    """expert-noisy is the old MPE medium (expert with random team steps); world, without a MATD3 run, keeps
-    it as its medium: the same arrays. Spread and tag, which have one, use it."""
-    noisy = generate.generate("mpe/simple_world_comm", "expert-noisy", out=tmp_path / "n.npz", episodes=2,
-                              progress=False)
-    medium = generate.generate("mpe/simple_world_comm", "medium", out=tmp_path / "m.npz", episodes=2, progress=False)
+    """expert-noisy is the old MPE medium (expert with random team steps); a task without a MATD3 run (a team
+    size) keeps it as its medium: the same arrays. The three MPE tasks, which have one, use it."""
+    task = "mpe/simple_spread-N4"
+    noisy = generate.generate(task, "expert-noisy", out=tmp_path / "n.npz", episodes=2, progress=False)
+    medium = generate.generate(task, "medium", out=tmp_path / "m.npz", episodes=2, progress=False)
     assert osd_common.load_dataset(noisy).meta["sha256"] == osd_common.load_dataset(medium).meta["sha256"]
-    for task in ("mpe/simple_spread", "mpe/simple_tag"):
+    for task in ("mpe/simple_spread", "mpe/simple_tag", "mpe/simple_world_comm"):
         mixed = [label for label, _ in generate.episode_plan(task, "mixed", 5)]
         assert mixed == ["expert-convention0", "expert-convention1", "expert-convention2", "medium-matd3", "random"]
     old_mixed = [label for label, _ in generate.episode_plan("mpe/simple_spread", "mixed-expert-noisy", 5)]

@@ -100,11 +100,11 @@ PRESETS = {
                   eval_episodes=10, final_eval_episodes=20, behavior_batch_size=512, critic_batch_size=1024, actor_batch_size=512),
 }
 MAMUJOCO_TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert")
-# beta per tier. medium and medium-replay: chosen on tuning seed 0 with a critic of 50k steps, this
-# preset's (docs/q_term_notes.md §5.2); with a 10k-step critic large betas cost, see CRITIC_STEPS_FOR_BETA.
-# expert and medium-expert: 0.01 beat 0.05 at the short budget (docs/osd_mamujoco_notes.md §3); random
-# learns nothing at any beta measured, so it keeps the default.
-BETA_BY_TIER = {"medium": 0.3, "medium-replay": 0.3, "expert": 0.01, "medium-expert": 0.01}
+# beta per tier, chosen on tuning seed 0 with a critic of 50k steps, this preset's (docs/q_term_notes.md
+# §5.2, §5.5): the Q term lifts medium and medium-replay; on expert and medium-expert its gradient drives the
+# actions to the bounds and every beta measured scored below beta 0. With a 10k-step critic large betas
+# cost, see CRITIC_STEPS_FOR_BETA. random learns nothing at any beta measured and keeps the default.
+BETA_BY_TIER = {"medium": 0.3, "medium-replay": 0.3, "expert": 0.0, "medium-expert": 0.0}
 DEFAULT_BETA = 0.05
 # below this many critic steps Q has reached less than ~92% of its values (1 - 0.99^(0.005 N), §4), and a
 # beta above 0.05 follows a critic that sees a few dozen steps ahead (docs/q_term_notes.md §5.1-5.2)

@@ -10,6 +10,7 @@ landmark is left uncovered: a mis-coordinated episode.
 
     python benchmarks/spread_coordination.py --records benchmarks/records/default --tier mixed
     python benchmarks/spread_coordination.py --records benchmarks/records/short --tier mixed --episodes 200
+    python benchmarks/spread_coordination.py --task mpe/simple_spread-N4 --records benchmarks/records/short --tier mixed
 
 It reads each record's `checkpoint` (checkpoints/ is a local, git-ignored cache: the runs must have
 been made on this machine), rebuilds the actors with the script that trained them (loaded by path,

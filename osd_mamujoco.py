@@ -10,7 +10,7 @@ then the two training phases (§6). The algorithm is osd_mpe.py's, written out a
 keeps the two identical); MaMuJoCo's are the tasks, tiers, budgets and betas. Measured: docs/osd_mamujoco_notes.md.
 
     python osd_mamujoco.py --seed 1                            # HalfCheetah-2x3, tier medium-expert; --help: every flag
-    python osd_mamujoco.py --task mamujoco/Hopper-3x1 --tier expert --seed 1   # another of osd's splits
+    python osd_mamujoco.py --task mamujoco/Hopper-3x1 --tier expert --seed 1   # once its policies exist (datasets/MAMUJOCO.md)
     python osd_mamujoco.py --task mamujoco/Walker2d-2x3 --dataset path/to/walker.npz   # your own data, any split
     tensorboard --logdir runs
 """

@@ -426,14 +426,13 @@ if __name__ == "__main__":
     # the env is built with the dataset's agent_obsk, here and in every evaluation, and must fit its sizes
     evaluable = osd_common.check_env_fits_data(PROGRAM, data, args.task, args.record is not None)
 
-    beta = args.beta if args.beta is not None else BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
-    if beta > 0.05 and args.critic_steps < CRITIC_STEPS_FOR_BETA and args.pretrained is None:
-        print(f"note: beta {beta} with {args.critic_steps} critic steps: the critic will not have converged "
+    if args.beta is None:  # the tier's beta (BETA_BY_TIER) unless --beta is given
+        args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
+    if args.beta > 0.05 and args.critic_steps < CRITIC_STEPS_FOR_BETA and args.pretrained is None:
+        print(f"note: beta {args.beta} with {args.critic_steps} critic steps: the critic will not have converged "
               f"(docs/q_term_notes.md §5); the per-tier betas were chosen with {CRITIC_STEPS_FOR_BETA}")
 
     # ---- the data on the training device, standardized once with dataset statistics (docs/algorithm.md §6)
-    if args.beta is None:
-        args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     n_agents, n_transitions = meta["n_agents"], len(data.rewards)
     obs_normalizer = osd_common.Normalizer(data.observations.mean(0), data.observations.std(0))

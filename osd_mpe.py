@@ -388,9 +388,9 @@ if __name__ == "__main__":
     # OMAR's MPE data trains but has no env here: no evaluation (and no --record)
     evaluable = osd_common.check_env_fits_data(PROGRAM, data, args.task, args.record is not None)
 
-    # ---- the data on the training device, standardized once with dataset statistics (docs/algorithm.md §6)
-    if args.beta is None:
+    if args.beta is None:  # the tier's beta (BETA_BY_TIER) unless --beta is given
         args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
+    # ---- the data on the training device, standardized once with dataset statistics (docs/algorithm.md §6)
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     n_agents, n_transitions = meta["n_agents"], len(data.rewards)
     obs_normalizer = osd_common.Normalizer(data.observations.mean(0), data.observations.std(0))

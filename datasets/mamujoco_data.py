@@ -53,26 +53,16 @@ import osd_common  # noqa: E402
 from train_mamujoco_td3 import default_policy_dir, default_replay_file, load_actor, split_actions  # noqa: E402
 
 TASK = "mamujoco/HalfCheetah-2x3"  # the default task
-# the splits osd provides datasets for, each from its own behavior policies in task_policy_dir(task) (any other
+# the splits osd provides datasets for, each from its own behavior policies in default_policy_dir(task) (any other
 # split works too once its policies are trained there)
 TASKS = osd_common.MAMUJOCO_TASKS
 GENERATOR_VERSION = "osd-mamujoco-1"
 
 
-def task_policy_dir(task: str) -> pathlib.Path:
-    """The task's committed behavior policies: datasets/policies/<split, lower case>."""
-    return default_policy_dir(task)
-
-
-def task_replay_file(task: str) -> pathlib.Path:
-    """The task's training-run replay cache (git-ignored), whose prefix is the medium-replay tier."""
-    return default_replay_file(task)
-
-
 def local_references(task: str, policies: pathlib.Path | None = None) -> pathlib.Path:
     """Our measured R_random / R_expert of `task` (next to its policies), until it is merged into
     datasets/reference_returns.json."""
-    return (task_policy_dir(task) if policies is None else pathlib.Path(policies)) / "reference_returns.json"
+    return (default_policy_dir(task) if policies is None else pathlib.Path(policies)) / "reference_returns.json"
 
 
 def task_flag(task: str) -> str:
@@ -103,8 +93,7 @@ def require_policies(task: str, policies: pathlib.Path, checkpoints: bool = True
             raise missing_policies(task, policies, policies / entry["checkpoint"])
 
 
-POLICY_DIR = task_policy_dir(TASK)
-REPLAY_FILE = task_replay_file(TASK)
+POLICY_DIR = default_policy_dir(TASK)
 LOCAL_REFERENCES = local_references(TASK)
 MAMUJOCO_TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 TIER_EPISODES = {"random": 100, "medium": 100, "expert": 100, "medium-expert": 200, "medium-replay": None}
@@ -221,11 +210,11 @@ def masks(obs_dims, act_dims) -> dict[str, np.ndarray]:
 
 def references(task: str = TASK, policies: pathlib.Path | None = None) -> tuple[float, float]:
     """(R_random, R_expert): datasets/reference_returns.json if it has the task, else our measured entry
-    (local_references: next to the task's behavior policies, `policies` or task_policy_dir(task))."""
+    (local_references: next to the task's behavior policies, `policies` or default_policy_dir(task))."""
     try:
         return osd_common.reference_returns(task)
     except osd_common.DatasetError:
-        policies = task_policy_dir(task) if policies is None else pathlib.Path(policies)
+        policies = default_policy_dir(task) if policies is None else pathlib.Path(policies)
         local = local_references(task, policies)
         if not local.exists():
             if not (policies / "training_log.json").exists():  # no expert either: train it first
@@ -300,15 +289,15 @@ def generate_mamujoco(task: str, tier: str, out=None, episodes: int | None = Non
                       refs: tuple[float, float] | None = None) -> pathlib.Path:
     """Generate one dataset file of a MaMuJoCo split (osd_common format) and return its path.
 
-    `policy_dir` and `replay_file` default to the task's (task_policy_dir(task), task_replay_file(task));
+    `policy_dir` and `replay_file` default to the task's (default_policy_dir(task), default_replay_file(task));
     `episode_steps` shortens every episode (tests only); `refs` overrides (R_random, R_expert)."""
     osd_common.check_task(task)
     if not task.startswith("mamujoco/"):
         raise SystemExit(f"--task {task}: this generator is for MaMuJoCo splits ({', '.join(TASKS)})")
     if tier not in MAMUJOCO_TIERS:
         raise SystemExit(f"--tier {tier}: use one of {', '.join(MAMUJOCO_TIERS)}")
-    policy_dir = task_policy_dir(task) if policy_dir is None else pathlib.Path(policy_dir)
-    replay_file = task_replay_file(task) if replay_file is None else pathlib.Path(replay_file)
+    policy_dir = default_policy_dir(task) if policy_dir is None else pathlib.Path(policy_dir)
+    replay_file = default_replay_file(task) if replay_file is None else pathlib.Path(replay_file)
     out = pathlib.Path(out) if out is not None else osd_common.dataset_path(task, tier)
     if out.exists() and not force:
         raise SystemExit(f"{out} exists already: pass --force to overwrite it")
@@ -363,7 +352,7 @@ def measure_references(episodes: int = REFERENCE_EPISODES, policy_dir=None, prog
     uses; an episode ends at a fall or the time limit), in the shape of the entries of
     datasets/reference_returns.json. The expert is the expert tier's behavior policy (final checkpoint of
     `policy_dir`, default the task's, with action noise 0.1)."""
-    policy_dir = task_policy_dir(task) if policy_dir is None else pathlib.Path(policy_dir)
+    policy_dir = default_policy_dir(task) if policy_dir is None else pathlib.Path(policy_dir)
     require_policies(task, policy_dir)
     env = osd_common.make_env(task)
     entry = {"episodes": episodes, "command": f"python datasets/mamujoco_data.py{task_flag(task)} --measure-references"}
@@ -418,7 +407,7 @@ def main() -> None:
                         help="the training run's replay cache, for medium-replay (default: the task's, "
                              "datasets/cache/<task>/td3_replay.npz)")
     args = parser.parse_args()
-    policies = task_policy_dir(args.task) if args.policy_dir is None else pathlib.Path(args.policy_dir)
+    policies = default_policy_dir(args.task) if args.policy_dir is None else pathlib.Path(args.policy_dir)
     if args.measure_references:
         entry = measure_references(args.episodes or REFERENCE_EPISODES, policy_dir=policies, task=args.task)
         local_references(args.task, policies).write_text(json.dumps(entry, indent=2) + "\n")

@@ -119,18 +119,26 @@ class Args:
     file (without it the script stops rather than overwrite them)"""
 
 
+def check_mamujoco_task(task: str) -> str:
+    """`task` if it names a MaMuJoCo split, else a clean stop saying what to pass."""
+    try:
+        osd_common.check_task(task)
+    except osd_common.TaskError as error:
+        raise SystemExit(f"--task {task}: {error}") from None
+    if not task.startswith("mamujoco/"):
+        raise SystemExit(f"--task {task}: this trainer is for MaMuJoCo splits, e.g. mamujoco/HalfCheetah-2x3")
+    return task
+
+
 def default_policy_dir(task: str) -> pathlib.Path:
     """Where the behavior policies of a MaMuJoCo `task` are committed: datasets/policies/<split, lower case>,
     e.g. mamujoco/Hopper-3x1 -> datasets/policies/hopper-3x1."""
-    osd_common.check_task(task)
-    if not task.startswith("mamujoco/"):
-        raise SystemExit(f"--task {task}: this trainer is for MaMuJoCo splits, e.g. mamujoco/HalfCheetah-2x3")
-    return HERE / "policies" / task.split("/", 1)[1].lower()
+    return HERE / "policies" / check_mamujoco_task(task).split("/", 1)[1].lower()
 
 
 def default_replay_file(task: str) -> pathlib.Path:
     """Where the training run caches its replay buffer (git-ignored): datasets/cache/<task>/td3_replay.npz."""
-    return osd_common.DATASET_CACHE / osd_common.check_task(task) / "td3_replay.npz"
+    return osd_common.DATASET_CACHE / check_mamujoco_task(task) / "td3_replay.npz"
 
 
 def resolve_paths(args: Args) -> Args:

@@ -810,8 +810,10 @@ def checkpoint_args(args_class, saved: dict):
 
 
 def omsd_algorithm_name(args) -> str:
-    """An OMSD run record's algorithm: omsd, or omsd-independent for the ablation, with -beta0 added when
-    beta is 0 (no Q term: the behavior regularizer alone), so the name always says what ran."""
+    """An OMSD run record's algorithm, from the flags given: omsd, or omsd-independent for the ablation, with
+    -beta0 added when --beta 0 was given (no Q term: the behavior regularizer alone). Call it before the
+    tier's beta fills in `args.beta is None`: OMSD at its tier's beta keeps the plain name even where that
+    beta is 0, so the grid's `omsd` cell finds the record it asked for (the record's args keep the value)."""
     name = "omsd" if args.decomposition == "sequential" else "omsd-independent"
     return f"{name}-beta0" if args.beta == 0 else name
 

@@ -388,6 +388,7 @@ if __name__ == "__main__":
     # OMAR's MPE data trains but has no env here: no evaluation (and no --record)
     evaluable = osd_common.check_env_fits_data(PROGRAM, data, args.task, args.record is not None)
 
+    algorithm = osd_common.omsd_algorithm_name(args)  # from the flags, before the tier's beta fills in
     if args.beta is None:  # the tier's beta (BETA_BY_TIER) unless --beta is given
         args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
     # ---- the data on the training device, standardized once with dataset statistics (docs/algorithm.md §6)
@@ -542,7 +543,7 @@ if __name__ == "__main__":
                                             best_normalized_score=best_score) if args.save_model else None
     if args.record is not None:
         osd_common.write_record(args.record, osd_common.make_record(
-            algorithm=osd_common.omsd_algorithm_name(args), args=args, meta=meta, dataset_path=data.path,
+            algorithm=algorithm, args=args, meta=meta, dataset_path=data.path,
             seed=args.seed, eval_history=eval_history, updates=phase1_steps + args.policy_steps, train_time_s=train_time,
             wall_time_s=time.time() - wall_start, device=device, run_name=run_name, checkpoint=checkpoint,
             actor_diagnostics=actor_diagnostics))

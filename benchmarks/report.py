@@ -32,7 +32,8 @@ ALGORITHM_ORDER = ("omsd", "omsd-independent", "omsd-beta0", "matd3-bc", "bc")
 ALGORITHM_LABELS = {"omsd": "OMSD", "omsd-independent": "OMSD-independent", "omsd-beta0": "OMSD (beta 0)",
                     "matd3-bc": "MATD3+BC", "bc": "BC"}
 TASK_LABELS = {"mpe/simple_spread": "spread (CN)", "mpe/simple_tag": "tag (PP)",
-               "mpe/simple_world_comm": "world", "mamujoco/HalfCheetah-2x3": "HalfCheetah 2x3"}
+               "mpe/simple_world_comm": "world", "mamujoco/HalfCheetah-2x3": "HalfCheetah 2x3",
+               "mamujoco/Hopper-3x1": "Hopper 3x1", "mamujoco/Ant-2x4": "Ant 2x4"}
 # what a team size (osd_common.MPE_TEAM_SIZE_ARGS) counts: mpe/simple_spread-N4 -> "spread (CN), 4 agents"
 TEAM_SIZE_UNITS = {"mpe/simple_spread": "agents", "mpe/simple_tag": "predators"}
 # OMSD's normalized scores as reported by the paper (arXiv 2505.05968) on OMAR's MPE data; entries

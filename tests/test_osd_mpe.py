@@ -296,11 +296,13 @@ def test_checkpoints_from_before_q_normalization_still_evaluate(trained_run, tmp
 
 def test_record_algorithm_names_the_variant_that_ran():
     """The grid's omsd-beta0 passes --beta 0; the script names the record from the flags, so a hand-run
-    --beta 0 lands in the same report column and a grid run whose flags were overridden is noticed."""
+    --beta 0 lands in the same report column and a grid run whose flags were overridden is noticed, while
+    a tier whose own beta is 0 (MaMuJoCo expert) still records plain omsd."""
     from osd_common import omsd_algorithm_name
     from osd_mpe import Args
 
     assert omsd_algorithm_name(Args(beta=0.3)) == "omsd"
+    assert omsd_algorithm_name(Args()) == "omsd"  # the tier's beta, whatever its value: OMSD as configured
     assert omsd_algorithm_name(Args(beta=0.0)) == "omsd-beta0"
     assert omsd_algorithm_name(Args(beta=0.01, decomposition="independent")) == "omsd-independent"
     assert omsd_algorithm_name(Args(beta=0.0, decomposition="independent")) == "omsd-independent-beta0"

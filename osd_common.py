@@ -464,7 +464,9 @@ def save_dataset(path, arrays: dict[str, np.ndarray], meta: dict, force: bool = 
     )
     meta["normalized_score"] = normalized_score(meta["return_mean"], meta["ref_random"], meta["ref_expert"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial.npz")  # written whole, then renamed: never half a file
+    # written whole, then renamed: never half a file; the process id keeps two runs that build the same
+    # missing dataset at once (a grid's workers) from renaming each other's partial file
+    tmp = path.with_name(f"{path.stem}.partial-{os.getpid()}.npz")
     np.savez(tmp, metadata=np.array(json.dumps(meta)), **arrays)
     os.replace(tmp, path)
     load_dataset(path)

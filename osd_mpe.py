@@ -98,10 +98,10 @@ PRESETS = {
 }
 
 
-# docs/osd_mpe_notes.md §8: on spread's old `mixed` (now mixed-expert-noisy; default budget, seed 1, one phase 1)
-# sequential scored 81 with beta 0.3 and 88-90 with 0.01; the balanced tiers took that value (§12). Today's
-# `mixed` (learned medium team) was tuned on seed 0 (§14.1): beta 0 / 0.01 / 0.3 scored 43 / 47 / 70, so 0.3.
-# The remaining tiers keep 0.3 until they are measured.
+# The Q term's weight per MPE tier: 0.01 where the regularizer must keep the expert conventions apart
+# (mixed-expert-noisy, chosen there; the balanced tiers took it), 0.3 on `mixed`, whose medium and random
+# episodes leave room for the critic (chosen on seed 0); every other tier keeps 0.3 until it is measured.
+# The runs behind each value: docs/osd_mpe_notes.md §8, §12 and §14.1.
 BETA_BY_TIER = {"mixed": 0.3, "balanced": 0.01, "mixed-balanced": 0.01, "mixed-expert-noisy": 0.01}
 DEFAULT_BETA = 0.3
 

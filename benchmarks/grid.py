@@ -19,6 +19,7 @@ Budgets are BUDGETS below, the configuration of the reference runs. Records go t
 benchmarks/records/<budget>/, with a suffix naming any --extra override (`--extra "--beta 0"` ->
 benchmarks/records/short_beta0/), so runs of different settings never share a table in the report.
 Each local worker runs one process with `--torch-threads 1` (see --torch-threads): K workers use K cores.
+A local grid first builds, one at a time, the cached datasets its runs need and the cache lacks.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def plan(algorithms, tasks, tiers, seeds, budget: str, records_dir: pathlib.Path
                 for algorithm in algorithms:
                     record = records_dir / record_name(algorithm, task, tier, seed)
                     runs.append({
-                        "name": record.stem, "record": record,
+                        "name": record.stem, "record": record, "task": task, "tier": tier,
                         "done": record_is_complete(record, dict(algorithm=algorithm, task=task, tier=tier, seed=seed)),
                         "command": build_command(algorithm, task, tier, seed, budget, record, python,
                                                  torch_threads, extra),
@@ -176,6 +177,21 @@ def record_is_complete(path: pathlib.Path, expect: dict | None = None) -> bool:
         print(f"grid: {path} records {wrong}, not the run its name says; the run will be redone")
         return False
     return True
+
+
+def build_missing_datasets(runs: list[dict]) -> list[str]:
+    """Generate, one at a time, each cached dataset the runs read and the cache lacks, before the pool
+    starts: otherwise every worker that needs it builds the same file at once. Runs given their own file
+    (--dataset) or --no-build-dataset are left alone. Returns the datasets built."""
+    built = []
+    for task, tier in sorted({(run["task"], run["tier"]) for run in runs
+                              if not {"--dataset", "--no-build-dataset"} & {arg.split("=")[0] for arg in run["command"]}}):
+        if osd_common.dataset_path(task, tier).exists():
+            continue
+        print(f"grid: {task}/{tier} is not in the cache: building it once before the runs start")
+        osd_common.load_dataset(f"{task}/{tier}", build_if_missing=True)
+        built.append(f"{task}/{tier}")
+    return built
 
 
 def run_one(command: list[str], log_path: str, nice: int) -> tuple[int, float]:
@@ -362,6 +378,7 @@ def main(argv=None) -> int:
         failed = run_submitit(todo, args)
         return 1 if failed else 0
     start = time.time()
+    build_missing_datasets(todo)
     failed = run_local(todo, args.workers, args.records_dir / "logs", args.nice)
     print(f"grid: {len(todo) - len(failed)} of {len(todo)} runs finished in {(time.time() - start) / 60:.1f} min"
           + (f"; {len(failed)} failed (logs in {args.records_dir / 'logs'}): rerun to retry them" if failed else ""))

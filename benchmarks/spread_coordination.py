@@ -16,7 +16,9 @@ It reads each record's `checkpoint` (checkpoints/ is a local, git-ignored cache:
 been made on this machine), rebuilds the actors with the script that trained them (loaded by path,
 load_script), and prints a
 markdown table: per algorithm, mean ± std over seeds of the overlap share and of the normalized score
-over the same episodes. Episodes use seeds 20,000+ (neither training nor the runs' own evaluations).
+over the same episodes, then a second table with the score of clean and of overlap episodes apart and how
+far from their landmarks the clean ones end. Episodes use seeds 20,000+ (neither training nor the runs' own
+evaluations).
 """
 
 from __future__ import annotations
@@ -75,8 +77,16 @@ def assignment(observations: list[np.ndarray]) -> str:
     return "".join(map(str, nearest)) if len(set(nearest)) == n else "overlap"
 
 
+def final_distance(observations: list[np.ndarray]) -> float:
+    """Mean over agents of the distance to the nearest landmark at this step (how close a split gets)."""
+    n = len(observations)
+    return float(np.mean([np.linalg.norm(obs[4:4 + 2 * n].reshape(n, 2), axis=-1).min() for obs in observations]))
+
+
 def rollout_assignments(act_fn, meta: dict, episodes: int, action_noise: float = 0.0, task: str = TASK) -> dict:
-    """Roll out `episodes` episodes; the share of each final assignment and the normalized score.
+    """Roll out `episodes` episodes; the share of each final assignment and the normalized score, also
+    split into clean and overlap episodes (their share times their score makes up the whole), with the
+    final distance to the nearest landmark in the clean ones.
     With `action_noise`, Gaussian noise of that std is added to every action (clipped to [-1, 1]): do
     deterministic actors that block each other recover when their symmetry is broken?"""
     if action_noise > 0:
@@ -86,7 +96,7 @@ def rollout_assignments(act_fn, meta: dict, episodes: int, action_noise: float =
             return [np.clip(a + action_noise * rng.standard_normal(a.shape), -1.0, 1.0).astype(np.float32)
                     for a in deterministic(observations)]
     env = osd_common.make_env(task)
-    labels, returns = [], []
+    labels, returns, distances = [], [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=EPISODE_SEED + episode)
         total, done = 0.0, False
@@ -96,15 +106,24 @@ def rollout_assignments(act_fn, meta: dict, episodes: int, action_noise: float =
             done = terminated or truncated
         labels.append(assignment(obs))
         returns.append(total)
+        distances.append(final_distance(obs))
     env.close()
     counts = collections.Counter(labels)
     ref_random = meta.get("ref_random")
     ref_expert = meta.get("ref_expert")
     if ref_random is None or ref_expert is None:
         ref_random, ref_expert = osd_common.reference_returns(task)
+    overlap = np.array([label == "overlap" for label in labels])
+    returns, distances = np.array(returns), np.array(distances)
+
+    def score_of(mask):  # normalized score of the episodes in `mask` (None when there are none)
+        return osd_common.normalized_score(float(returns[mask].mean()), ref_random, ref_expert) if mask.any() else None
+
     return {"shares": {k: v / episodes for k, v in counts.items()},
             "overlap": counts.get("overlap", 0) / episodes,
-            "normalized_score": osd_common.normalized_score(float(np.mean(returns)), ref_random, ref_expert)}
+            "normalized_score": osd_common.normalized_score(float(np.mean(returns)), ref_random, ref_expert),
+            "score_clean": score_of(~overlap), "score_overlap": score_of(overlap),
+            "final_distance_clean": float(distances[~overlap].mean()) if (~overlap).any() else None}
 
 
 def main(argv=None) -> int:
@@ -161,6 +180,18 @@ def main(argv=None) -> int:
         used = [sum(1 for k, v in r["shares"].items() if k != "overlap" and v >= 0.05) for r in runs]
         print(f"| {algorithm} | {cell([100 * r['overlap'] for r in runs])} | "
               f"{'/'.join(str(u) for u in used)} | {cell([r['normalized_score'] for r in runs])} |")
+    print("\nThe score split by episode kind, and how close the clean splits end:\n")
+    print("| algorithm | score of clean episodes | score of overlap episodes | final distance to the nearest landmark, clean episodes |")
+    print("|---|---|---|---|")
+    for algorithm in ("omsd", "omsd-independent", "matd3-bc", "bc"):
+        runs = results.get(algorithm)
+        if not runs:
+            continue
+        columns = [[r[key] for r in runs if r[key] is not None] for key in ("score_clean", "score_overlap")]
+        distance = [r["final_distance_clean"] for r in runs if r["final_distance_clean"] is not None]
+        print(f"| {algorithm} | {cell(columns[0]) if columns[0] else '-'} | {cell(columns[1]) if columns[1] else '-'} | "
+              + (f"{statistics.mean(distance):.3f} ± {statistics.stdev(distance):.3f}" if len(distance) > 1 else
+                 "/".join(f"{d:.3f}" for d in distance) or "-") + " |")
     if args.json is not None:
         args.json.write_text(json.dumps({k: v for k, v in results.items()}, indent=1) + "\n")
     return 0

@@ -505,6 +505,12 @@ def test_spread_coordination_classifies_final_assignments(train, tmp_path, monke
     (result,) = json.loads(out.read_text())["bc"]
     assert result["seed"] == 3 and abs(sum(result["shares"].values()) - 1.0) < 1e-9
     assert result["overlap"] == result["shares"].get("overlap", 0.0)
+    # the split scores make up the whole: share of each kind times its score (the score is linear in return)
+    parts = [(1 - result["overlap"], result["score_clean"]), (result["overlap"], result["score_overlap"])]
+    assert sum(share * score for share, score in parts if score is not None) == pytest.approx(result["normalized_score"])
+    assert (result["final_distance_clean"] is None) == (result["overlap"] == 1.0)
+    near = spread_coordination.final_distance([obs_nearest(0), obs_nearest(1), obs_nearest(1)])
+    assert near == pytest.approx(0.1)  # each agent 0.1 from its nearest landmark
 
 
 def test_throughput_runs_the_scripts_and_reads_their_records(tiny_dataset, tmp_path):
@@ -525,3 +531,28 @@ def test_throughput_runs_the_scripts_and_reads_their_records(tiny_dataset, tmp_p
     assert "| mpe/simple_spread | cpu | 1 | 8 |" in throughput.format_throughput(report)
     with pytest.raises(SystemExit, match="--dataset and --tier both name the data"):
         throughput.main(["--dataset", str(tiny_dataset), "--tier", "random", "--out", str(out)])
+
+
+def test_grid_builds_each_missing_dataset_once_before_the_pool(tmp_path, monkeypatch):
+    """Two seeds of a cell whose dataset is missing: one build, not one per worker; a cell already in the
+    cache and runs given their own file (--dataset, also as --dataset=PATH) are not built."""
+    import grid
+
+    monkeypatch.setattr(osd_common, "DATASET_CACHE", tmp_path / "cache")
+    present = osd_common.dataset_path("mpe/simple_spread", "expert")
+    present.parent.mkdir(parents=True)
+    present.write_bytes(b"")
+    builds = []
+
+    def fake_load_dataset(name, build_if_missing=False):
+        assert build_if_missing
+        builds.append(name)
+        osd_common.dataset_path(*name.rsplit("/", 1)).write_bytes(b"")
+
+    monkeypatch.setattr(osd_common, "load_dataset", fake_load_dataset)
+    runs = grid.plan(["bc", "omsd"], ["mpe/simple_spread"], ["expert", "mixed"], [1, 2], "smoke", tmp_path)
+    own_file = grid.plan(["bc"], ["mpe/simple_tag"], ["random"], [1], "smoke", tmp_path, extra=["--dataset", "x.npz"])
+    own_file_eq = grid.plan(["bc"], ["mpe/simple_tag"], ["medium"], [1], "smoke", tmp_path, extra=["--dataset=x.npz"])
+    assert grid.build_missing_datasets(runs + own_file + own_file_eq) == ["mpe/simple_spread/mixed"]
+    assert builds == ["mpe/simple_spread/mixed"]
+    assert grid.build_missing_datasets(runs) == []  # built: nothing more to do

@@ -15,7 +15,6 @@ keeps the two identical); MaMuJoCo's are the tasks, tiers, budgets and betas. Me
     tensorboard --logdir runs
 """
 
-import copy
 import functools
 import math
 import time
@@ -81,7 +80,6 @@ class Args:
     t_max: float = 0.98  # largest diffusion time sampled for the actor's behavior regularizer
     subtract_noise: bool = False  # use eps_hat - eps in (5.2) (SRPO's lower-variance form) instead of eps_hat
     weighting: Literal["sigma2", "score", "uniform"] = "score"  # w(t): alpha_t/sigma_t, sigma_t^2 or 1 (§5)
-    actor_ema: float = 0.0  # Polyak rate of an averaged copy of each actor, which is evaluated and saved (0: off)
     # logging, checkpoints, evaluation
     log_every: int = 500  # log losses every this many steps
     save_model: bool = True  # save a checkpoint at the end of training
@@ -532,9 +530,6 @@ if __name__ == "__main__":
         net.requires_grad_(False)
     actor_optimizers = [torch.optim.Adam(actor.parameters(), lr=args.actor_lr, **fused) for actor in actors]
     actor_schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(args.policy_steps, 1)) for opt in actor_optimizers]
-    # with --actor-ema, evaluation and the checkpoint use a Polyak average of each actor's weights: it
-    # smooths the swing of the trained weights between checkpoints without changing their training
-    eval_actors = copy.deepcopy(actors).requires_grad_(False) if args.actor_ema > 0 else actors
     eval_seed = args.seed + 10_000  # evaluation episodes differ from any seed used in training
     best_score, last_score, eval_history, eval_time = -math.inf, float("nan"), [], 0.0
     actor_diagnostics = {}  # the last logged per-agent diagnostics of actor_loss (ACTOR_DIAGNOSTICS)
@@ -553,8 +548,6 @@ if __name__ == "__main__":
         for opt, schedule in zip(actor_optimizers, actor_schedules):
             opt.step()
             schedule.step()
-        if args.actor_ema > 0:
-            polyak_update(eval_actors, actors, args.actor_ema)
         if log_now:  # the only host syncs of the loop
             losses = {"actor": loss.item(), "actor_score": parts["score"].item(), "actor_q": -parts["q_value"].item()}
             osd_common.check_finite(PROGRAM, losses, step, "phase-2")
@@ -572,7 +565,7 @@ if __name__ == "__main__":
             eval_start = time.time()
             # the last evaluation is the recorded final score: more episodes, less evaluation noise
             episodes = args.final_eval_episodes if step == args.policy_steps - 1 else args.eval_episodes
-            result = osd_common.evaluate_actors(eval_actors, obs_normalizer, device, episodes, eval_seed, meta)
+            result = osd_common.evaluate_actors(actors, obs_normalizer, device, episodes, eval_seed, meta)
             eval_time += time.time() - eval_start
             eval_history.append((step + 1, result))
             last_score = result["normalized_score"]
@@ -588,8 +581,7 @@ if __name__ == "__main__":
 
     # ---- checkpoint (networks, normalizers, Args, dataset meta) and run record
     normalizers = {"obs": obs_normalizer, "state": state_normalizer}
-    checkpoint = osd_common.save_checkpoint(args, run_name, {**nets, "actors": eval_actors}, normalizers, meta,
-                                            final_normalized_score=last_score,
+    checkpoint = osd_common.save_checkpoint(args, run_name, nets, normalizers, meta, final_normalized_score=last_score,
                                             best_normalized_score=best_score) if args.save_model else None
     if args.record is not None:
         osd_common.write_record(args.record, osd_common.make_record(

@@ -133,3 +133,32 @@ def test_q_term_moves_the_actors_to_the_rewards_optimum(q_optimum_results):
     with_q, without_q = results[cfg.beta], results[0.0]
     assert with_q["max_error"] < 0.15, with_q
     assert without_q["agent1_error"] > 0.25 and without_q["max_error"] > 0.15, without_q
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. benchmarks/medium_expert_modes.py: the arithmetic behind its tables
+# ---------------------------------------------------------------------------------------------------
+def test_medium_expert_modes_labels_halves_and_measures_whom_the_actors_follow():
+    import numpy as np
+
+    import medium_expert_modes as modes
+
+    # two 2-step episodes: returns 2 and 20 with references 0 / 10 score 20 and 200: medium half, expert half
+    rewards, terminals, timeouts = np.array([1.0, 1.0, 10.0, 10.0]), np.zeros(4), np.array([0, 1, 0, 1.0])
+    expert_half = modes.half_labels(rewards, terminals, timeouts, 0.0, 10.0)
+    assert expert_half.tolist() == [False, False, True, True]
+
+    joint = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], dtype=np.float32)  # agents of 2 and 1 action dims
+    padded = modes.pad(joint, [2, 1], 3)
+    assert padded.shape == (2, 2, 3) and padded[0, 1].tolist() == pytest.approx([0.3, 0.0, 0.0])
+    assert np.array_equal(modes.unpad(padded, [2, 1]), joint)
+
+    teams = {"expert team": np.ones((4, 2)), "medium team": np.zeros((4, 2))}
+    actions = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.5, 1.0]])  # medium on its states, near expert on its
+    near = modes.distances(actions, teams, expert_half)
+    assert near["medium team"]["medium half"] == 0.0 and near["expert team"]["medium half"] == 1.0
+    assert near["expert team"]["expert half"] == pytest.approx(0.125)
+
+    advantage = np.array([0.0, 0.0, 1.0, 1.0])  # the expert half better by 1: weights e^(1/T) against 1
+    assert modes.expert_mass(advantage, expert_half, 1.0) == pytest.approx(np.e / (np.e + 1))
+    assert modes.expert_mass(advantage, expert_half, 0.01) == pytest.approx(100 / 101)  # clipped at 100

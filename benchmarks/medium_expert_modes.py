@@ -1,0 +1,221 @@
+"""Which half of HalfCheetah `medium-expert` do OMSD's actors follow, and can its critic choose? (issue 19)
+
+`medium-expert` pools the episodes of two TD3 teams (datasets/mamujoco_data.py): a medium checkpoint and
+the expert, with action noise 0.1. Episodes are labelled by their normalized score: above 90 the expert's,
+else the medium team's (the two clusters are 54-57 and 100-102). For osd_mamujoco.py checkpoints trained on
+the file, this prints:
+
+(1) held-out episodes (reset seeds 30,000+, neither training's nor the runs' evaluations): mean, median
+    and share under 50 of the normalized score: failures show apart from the typical episode;
+(2) on each half's states, the mean |a - a_team| per action entry from the actors' action to each team's
+    noise-free action: whom the actors imitate where;
+(3) with the first checkpoint's critic (the mean of the target twins, as in the actors' loss): on each
+    half's states, mean Q at each team's action and at the data's, and the share of states where Q
+    prefers the expert team's action to the medium team's;
+(4) the in-sample advantage A = min_k Q(s, a) - V(s) on each half, and the share of the sampling mass that
+    weights exp(A / T), clipped at 100 (IQL's form), put on the expert half, per --temperatures.
+
+With --tilt-out PATH it also writes a copy of the first checkpoint whose behavior model was fine-tuned for
+--tilt-steps on batches drawn with those weights at --tilt-temperature: a prototype outside the algorithm,
+whose phase 2 runs with `osd_mamujoco.py --pretrained PATH`.
+
+    python benchmarks/medium_expert_modes.py --checkpoints checkpoints/<run>.pt [more.pt ...]
+    python benchmarks/medium_expert_modes.py --checkpoints checkpoints/<run>.pt --episodes 0 \\
+        --tilt-out checkpoints/<run>_tilt.pt --tilt-temperature 1 --tilt-steps 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from critic_check import CHUNK, episode_starts, load_run  # noqa: E402
+from spread_coordination import REPO  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "datasets"))
+import osd_common  # noqa: E402
+
+HELD_OUT_SEED = 30_000
+EXPERT_ABOVE = 90.0  # an episode scoring above this is the expert team's (the clusters: 54-57, 100-102)
+FAILED_BELOW = 50.0  # a held-out episode under this counts as failed (under the medium team's cluster)
+
+
+def half_labels(rewards, terminals, timeouts, ref_random: float, ref_expert: float) -> np.ndarray:
+    """Per transition: True where its episode scores above EXPERT_ABOVE (the expert half)."""
+    starts = episode_starts(terminals, timeouts)
+    ends = np.concatenate([starts[1:], [len(rewards)]])
+    labels = np.zeros(len(rewards), dtype=bool)
+    for start, end in zip(starts, ends):
+        score = osd_common.normalized_score(float(np.sum(rewards[start:end])), ref_random, ref_expert)
+        labels[start:end] = score > EXPERT_ABOVE
+    return labels
+
+
+def unpad(actions: np.ndarray, act_dims) -> np.ndarray:
+    """[T, N, A] zero-padded per-agent actions -> [T, sum(act_dims)] joint actions."""
+    return np.concatenate([actions[:, i, :dim] for i, dim in enumerate(act_dims)], axis=-1)
+
+
+def pad(joint: np.ndarray, act_dims, width: int) -> np.ndarray:
+    """[T, sum(act_dims)] joint actions -> [T, N, width] zero-padded per-agent actions."""
+    out = np.zeros((len(joint), len(act_dims), width), dtype=np.float32)
+    for i, part in enumerate(np.split(joint, np.cumsum(act_dims)[:-1], axis=-1)):
+        out[:, i, : part.shape[-1]] = part
+    return out
+
+
+def distances(actions: np.ndarray, team_actions: dict[str, np.ndarray], expert_half: np.ndarray) -> dict:
+    """{team: {"expert half": d, "medium half": d}}: mean |a - a_team| per entry of joint actions [T, A]."""
+    return {team: {half: float(np.abs(actions - target)[mask].mean())
+                   for half, mask in (("expert half", expert_half), ("medium half", ~expert_half))}
+            for team, target in team_actions.items()}
+
+
+def expert_mass(advantage: np.ndarray, expert_half: np.ndarray, temperature: float) -> float:
+    """Share of the sampling mass that weights min(exp(A / T), 100) put on the expert half."""
+    weights = np.minimum(np.exp(np.minimum(advantage / temperature, 50.0)), 100.0)
+    return float(weights[expert_half].sum() / weights.sum())
+
+
+@torch.no_grad()
+def team_joint_actions(data) -> dict[str, np.ndarray]:
+    """The two behavior teams' noise-free joint actions [T, A] on the data's states."""
+    import mamujoco_data  # datasets/: the teams' committed checkpoints
+
+    obs = np.concatenate([data.observations[:, i, :dim] for i, dim in enumerate(data.meta["obs_dims"])], axis=-1)
+    obs = torch.as_tensor(obs, dtype=torch.float32)
+    teams = {"expert team": mamujoco_data.expert_policy(), "medium team": mamujoco_data.medium_policy()}
+    return {name: torch.cat([team.actor(obs[i:i + CHUNK]) for i in range(0, len(obs), CHUNK)]).numpy()
+            for name, team in teams.items()}
+
+
+@torch.no_grad()
+def actor_joint_actions(script, nets, checkpoint, data) -> np.ndarray:
+    norm = checkpoint["normalizers"]
+    obs = torch.as_tensor((data.observations - norm["obs_mean"]) / norm["obs_std"], dtype=torch.float32)
+    width = data.actions.shape[-1]
+    actions = torch.cat([script.joint_action(nets["actors"], obs[i:i + CHUNK], width) for i in range(0, len(obs), CHUNK)])
+    return unpad(actions.numpy(), data.meta["act_dims"])
+
+
+@torch.no_grad()
+def critic_values(nets, checkpoint, data, joint_actions: dict[str, np.ndarray]):
+    """(mean-twin target Q at each joint action set [T], in-sample advantage min_k Q(s, a_data) - V(s) [T])."""
+    norm = checkpoint["normalizers"]
+    state = torch.as_tensor((data.states - norm["state_mean"]) / norm["state_std"], dtype=torch.float32)
+    width, act_dims = data.actions.shape[-1], data.meta["act_dims"]
+
+    def q_of(padded: np.ndarray, reduce) -> np.ndarray:
+        flat = torch.as_tensor(padded.reshape(len(padded), -1))
+        return torch.cat([reduce(*nets["q_target"](state[i:i + CHUNK], flat[i:i + CHUNK])).reshape(-1)
+                          for i in range(0, len(flat), CHUNK)]).numpy()
+
+    values = {name: q_of(pad(joint, act_dims, width), lambda q1, q2: 0.5 * (q1 + q2)) for name, joint in joint_actions.items()}
+    values["data"] = q_of(data.actions, lambda q1, q2: 0.5 * (q1 + q2))
+    v = torch.cat([nets["v_net"](state[i:i + CHUNK]).reshape(-1) for i in range(0, len(state), CHUNK)]).numpy()
+    return values, q_of(data.actions, torch.min) - v
+
+
+def held_out(script, nets, checkpoint, episodes: int) -> dict:
+    normalizer = osd_common.Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
+    result = osd_common.evaluate_actors(nets["actors"], normalizer, torch.device("cpu"), episodes, HELD_OUT_SEED,
+                                        checkpoint["meta"])
+    meta = checkpoint["meta"]
+    scores = np.array([osd_common.normalized_score(r, meta["ref_random"], meta["ref_expert"]) for r in result["returns"]])
+    return {"mean": float(scores.mean()), "median": float(np.median(scores)), "failed": float((scores < FAILED_BELOW).mean())}
+
+
+def tilt(script, nets, checkpoint, data, advantage: np.ndarray, temperature: float, steps: int, out: str) -> None:
+    """Fine-tune a copy of the behavior model on batches drawn with weights min(exp(A / T), 100); save it."""
+    args = osd_common.checkpoint_args(script.Args, checkpoint["args"])
+    weights = np.minimum(np.exp(np.minimum(advantage / temperature, 50.0)), 100.0)
+    probabilities = weights / weights.sum()
+    norm = checkpoint["normalizers"]
+    states = torch.as_tensor((data.states - norm["state_mean"]) / norm["state_std"], dtype=torch.float32)
+    actions, act_mask = torch.as_tensor(data.actions), torch.as_tensor(data.act_mask)
+    score_net = copy.deepcopy(nets["score_net"]).train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(score_net.parameters(), lr=1e-4)
+    n_agents = data.meta["n_agents"]
+    prefix = script.prefix_masks(n_agents, args.decomposition)
+    rng, start = np.random.default_rng(args.seed), time.time()
+    for step in range(steps):
+        rows = torch.as_tensor(rng.choice(len(probabilities), size=args.behavior_batch_size or 256, p=probabilities))
+        condition = states[rows][:, None, :].expand(-1, n_agents, -1)
+        if args.behavior_condition == "obs":
+            condition = torch.as_tensor((data.observations[rows.numpy()] - norm["obs_mean"]) / norm["obs_std"],
+                                        dtype=torch.float32)
+        loss = script.behavior_loss(score_net, actions[rows], condition, prefix, act_mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 2000 == 0:
+            print(f"tilt: step {step + 1}, behavior loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
+    torch.save({**checkpoint, "score_net": score_net.state_dict()}, out)
+    print(f"tilt: saved {out}; train phase 2 from it with osd_mamujoco.py --pretrained {out}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", nargs="+", required=True, help="osd_mamujoco.py checkpoints on one medium-expert file")
+    parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per checkpoint (0: skip)")
+    parser.add_argument("--temperatures", type=float, nargs="*", default=[0.3, 1.0, 3.0, 10.0],
+                        help="temperatures T of the advantage weights exp(A / T) to report")
+    parser.add_argument("--tilt-out", default=None, help="write the first checkpoint with an advantage-weighted behavior model here")
+    parser.add_argument("--tilt-temperature", type=float, default=1.0, help="T of the fine-tune's weights")
+    parser.add_argument("--tilt-steps", type=int, default=10_000, help="fine-tune steps (AdamW, lr 1e-4)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    runs = [load_run(path) for path in args.checkpoints]
+    data = runs[0][4]
+    if data.meta.get("tier") != "medium-expert" or not data.meta["task"].startswith("mamujoco/HalfCheetah"):
+        raise SystemExit(f"medium_expert_modes: {args.checkpoints[0]} was trained on {data.meta['task']} "
+                         f"{data.meta.get('tier')}, not HalfCheetah medium-expert (whose two teams this compares)")
+    if any(run[4].meta.get("sha256") != data.meta.get("sha256") for run in runs[1:]):
+        raise SystemExit("medium_expert_modes: the checkpoints were trained on different files; pass runs of one file")
+    expert_half = half_labels(data.rewards, data.terminals, data.timeouts, data.meta["ref_random"], data.meta["ref_expert"])
+    teams = team_joint_actions(data)
+    data_joint = unpad(data.actions, data.meta["act_dims"])
+    print(f"{data.path} (sha256 {data.meta['sha256'][:8]}..., data score {data.meta['normalized_score']:.1f}): "
+          f"{expert_half.mean():.0%} of transitions in the expert half\n")
+    print("| checkpoint | held-out mean | median | under 50 | to expert team (expert / medium half) | to medium team (expert / medium half) |")
+    print("|---|---|---|---|---|---|")
+    rows = [("the data's actions", None, distances(data_joint, teams, expert_half))]
+    for path, (script, checkpoint, _, nets, _) in zip(args.checkpoints, runs):
+        rows.append((pathlib.Path(path).name, held_out(script, nets, checkpoint, args.episodes) if args.episodes else None,
+                     distances(actor_joint_actions(script, nets, checkpoint, data), teams, expert_half)))
+    for name, episodes, near in rows:
+        score = (f"{episodes['mean']:.1f} | {episodes['median']:.1f} | {episodes['failed']:.0%}" if episodes else "- | - | -")
+        print(f"| {name} | {score} | {near['expert team']['expert half']:.3f} / {near['expert team']['medium half']:.3f} | "
+              f"{near['medium team']['expert half']:.3f} / {near['medium team']['medium half']:.3f} |")
+
+    script, checkpoint, _, nets, _ = runs[0]
+    values, advantage = critic_values(nets, checkpoint, data, teams)
+    print(f"\nThe critic of {pathlib.Path(args.checkpoints[0]).name} (mean of the target twins):\n")
+    print("| states | Q at the expert team's action | at the medium team's | at the data's | Q prefers the expert team's | mean advantage of the data's action |")
+    print("|---|---|---|---|---|---|")
+    for half, mask in (("expert half", expert_half), ("medium half", ~expert_half)):
+        prefers = np.mean(values["expert team"][mask] > values["medium team"][mask])
+        print(f"| {half} | {values['expert team'][mask].mean():.1f} | {values['medium team'][mask].mean():.1f} | "
+              f"{values['data'][mask].mean():.1f} | {prefers:.0%} | {advantage[mask].mean():.2f} |")
+    quantiles = np.percentile(advantage, [5, 50, 95])
+    print(f"\nadvantage 5% / 50% / 95%: {quantiles[0]:.2f} / {quantiles[1]:.2f} / {quantiles[2]:.2f}; sampling mass "
+          "on the expert half with weights min(exp(A / T), 100): "
+          + ", ".join(f"T {t:g}: {expert_mass(advantage, expert_half, t):.2f}" for t in args.temperatures)
+          + f" (uniform: {expert_half.mean():.2f})")
+    if args.tilt_out:
+        tilt(script, nets, checkpoint, data, advantage, args.tilt_temperature, args.tilt_steps, args.tilt_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

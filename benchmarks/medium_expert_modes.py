@@ -13,10 +13,19 @@ the file, this prints:
     half's states, mean Q at each team's action and at the data's, and the share of states where Q
     prefers the expert team's action to the medium team's;
 (4) the in-sample advantage A = min_k Q(s, a) - V(s) on each half, and the share of the sampling mass that
-    weights exp(A / T), clipped at 100 (IQL's form), put on the expert half, per --temperatures.
+    weights exp(A / T), clipped at 100 (IQL's form), put on the expert half, per --temperatures; the same
+    for the value itself, Q(s, a) minus its median over the data, per --value-temperatures.
+
+(5) with --behavior-samples K: on --sample-states states of each half, K joint actions sampled from the
+    first checkpoint's behavior model (deterministic DDIM, 25 steps, agent by agent): the mean distance of
+    the nearest sample to each team's action, and of the sample Q ranks best. Does the behavior model hold
+    the expert's action on the medium team's states, for a choice among its samples to find? With
+    --sample-first-steps N the states are drawn from the first N steps of episodes only, where the two
+    teams' states still overlap (both start at rest).
 
 With --tilt-out PATH it also writes a copy of the first checkpoint whose behavior model was fine-tuned for
---tilt-steps on batches drawn with those weights at --tilt-temperature: a prototype outside the algorithm,
+--tilt-steps on batches drawn with those weights (--tilt-weights: of the advantage or of the value) at
+--tilt-temperature: a prototype outside the algorithm,
 whose phase 2 runs with `osd_mamujoco.py --pretrained PATH`.
 
     python benchmarks/medium_expert_modes.py --checkpoints checkpoints/<run>.pt [more.pt ...]
@@ -80,7 +89,7 @@ def distances(actions: np.ndarray, team_actions: dict[str, np.ndarray], expert_h
 
 
 def expert_mass(advantage: np.ndarray, expert_half: np.ndarray, temperature: float) -> float:
-    """Share of the sampling mass that weights min(exp(A / T), 100) put on the expert half."""
+    """Share of the sampling mass that weights min(exp(A / T), 100) put on the expert half (A: any score)."""
     weights = np.minimum(np.exp(np.minimum(advantage / temperature, 50.0)), 100.0)
     return float(weights[expert_half].sum() / weights.sum())
 
@@ -124,6 +133,43 @@ def critic_values(nets, checkpoint, data, joint_actions: dict[str, np.ndarray]):
     return values, q_of(data.actions, torch.min) - v
 
 
+@torch.no_grad()
+def behavior_sample_reach(script, nets, checkpoint, data, teams: dict[str, np.ndarray], expert_half: np.ndarray,
+                          samples: int, n_states: int, first_steps: int = 0, seed: int = 0) -> dict:
+    """{half: {"nearest to <team>": d, "Q's best to <team>": d}}: per state, `samples` behavior-model joint
+    actions; distances per entry of joint actions, averaged over `n_states` random states of the half (of
+    the first `first_steps` steps of its episodes, when above 0)."""
+    from spread_conventions import sample_behavior_actions  # the behavior model's DDIM sampler
+
+    args = osd_common.checkpoint_args(script.Args, checkpoint["args"])
+    norm, act_dims, width = checkpoint["normalizers"], data.meta["act_dims"], data.actions.shape[-1]
+    n_agents = data.meta["n_agents"]
+    act_mask = torch.as_tensor(data.act_mask, dtype=torch.float32)
+    prefix = script.prefix_masks(n_agents, args.decomposition)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    step_in_episode = np.arange(len(data.rewards)) - np.repeat(
+        episode_starts(data.terminals, data.timeouts), np.diff(np.append(episode_starts(data.terminals, data.timeouts), len(data.rewards))))
+    early = step_in_episode < first_steps if first_steps > 0 else np.ones(len(data.rewards), dtype=bool)
+    out = {}
+    for half, mask in (("expert half", expert_half & early), ("medium half", ~expert_half & early)):
+        rows = np.repeat(rng.choice(np.flatnonzero(mask), size=n_states, replace=False), samples)
+        state = torch.as_tensor((data.states[rows] - norm["state_mean"]) / norm["state_std"], dtype=torch.float32)
+        obs = torch.as_tensor((data.observations[rows] - norm["obs_mean"]) / norm["obs_std"], dtype=torch.float32)
+        condition = state[:, None, :].expand(-1, n_agents, -1) if args.behavior_condition == "state" else obs
+        sampled = sample_behavior_actions(script, nets["score_net"], condition, prefix, act_mask, n_steps=25)
+        q = 0.5 * sum(nets["q_target"](state, sampled.reshape(len(sampled), -1)))
+        best = q.reshape(n_states, samples).argmax(-1)
+        joint = unpad(sampled.numpy(), act_dims).reshape(n_states, samples, -1)
+        result = {}
+        for team, target in teams.items():
+            gap = np.abs(joint - target[rows].reshape(n_states, samples, -1)).mean(-1)  # [states, samples]
+            result[f"nearest to {team}"] = float(gap.min(-1).mean())
+            result[f"Q's best to {team}"] = float(gap[np.arange(n_states), best.numpy()].mean())
+        out[half] = result
+    return out
+
+
 def held_out(script, nets, checkpoint, episodes: int) -> dict:
     normalizer = osd_common.Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
     result = osd_common.evaluate_actors(nets["actors"], normalizer, torch.device("cpu"), episodes, HELD_OUT_SEED,
@@ -134,7 +180,8 @@ def held_out(script, nets, checkpoint, episodes: int) -> dict:
 
 
 def tilt(script, nets, checkpoint, data, advantage: np.ndarray, temperature: float, steps: int, out: str) -> None:
-    """Fine-tune a copy of the behavior model on batches drawn with weights min(exp(A / T), 100); save it."""
+    """Fine-tune a copy of the behavior model on batches drawn with weights min(exp(A / T), 100), A the
+    advantage or the centred value; save it."""
     args = osd_common.checkpoint_args(script.Args, checkpoint["args"])
     weights = np.minimum(np.exp(np.minimum(advantage / temperature, 50.0)), 100.0)
     probabilities = weights / weights.sum()
@@ -168,7 +215,16 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per checkpoint (0: skip)")
     parser.add_argument("--temperatures", type=float, nargs="*", default=[0.3, 1.0, 3.0, 10.0],
                         help="temperatures T of the advantage weights exp(A / T) to report")
+    parser.add_argument("--behavior-samples", type=int, default=0,
+                        help="behavior-model samples per state for (5) (0: skip)")
+    parser.add_argument("--sample-first-steps", type=int, default=0,
+                        help="draw (5)'s states from the first this many steps of episodes (0: any step)")
+    parser.add_argument("--sample-states", type=int, default=200, help="states per half for (5)")
     parser.add_argument("--tilt-out", default=None, help="write the first checkpoint with an advantage-weighted behavior model here")
+    parser.add_argument("--value-temperatures", type=float, nargs="*", default=[10.0, 30.0, 100.0],
+                        help="temperatures of the value weights exp((Q - median Q) / T) to report")
+    parser.add_argument("--tilt-weights", choices=("advantage", "value"), default="advantage",
+                        help="what the fine-tune's weights exponentiate: A(s, a) or Q(s, a) - median Q")
     parser.add_argument("--tilt-temperature", type=float, default=1.0, help="T of the fine-tune's weights")
     parser.add_argument("--tilt-steps", type=int, default=10_000, help="fine-tune steps (AdamW, lr 1e-4)")
     args = parser.parse_args(argv)
@@ -212,8 +268,24 @@ def main(argv=None) -> int:
           "on the expert half with weights min(exp(A / T), 100): "
           + ", ".join(f"T {t:g}: {expert_mass(advantage, expert_half, t):.2f}" for t in args.temperatures)
           + f" (uniform: {expert_half.mean():.2f})")
+    value = values["data"] - np.median(values["data"])
+    print("sampling mass on the expert half with weights min(exp((Q - median Q) / T), 100): "
+          + ", ".join(f"T {t:g}: {expert_mass(value, expert_half, t):.2f}" for t in args.value_temperatures))
+    if args.behavior_samples:
+        reach = behavior_sample_reach(script, nets, checkpoint, data, teams, expert_half, args.behavior_samples,
+                                      args.sample_states, args.sample_first_steps)
+        where = f" of the first {args.sample_first_steps} steps of episodes" if args.sample_first_steps else ""
+        print(f"\n{args.behavior_samples} behavior-model samples per state, {args.sample_states} states per half{where} "
+              "(distance per action entry):\n")
+        print("| states | nearest sample to the expert team's action | to the medium team's | "
+              "Q's best sample to the expert team's | to the medium team's |")
+        print("|---|---|---|---|---|")
+        for half, result in reach.items():
+            cells = [result[f"{kind} to {team}"] for kind in ("nearest", "Q's best") for team in ("expert team", "medium team")]
+            print(f"| {half} | " + " | ".join(f"{cell:.3f}" for cell in cells) + " |")
     if args.tilt_out:
-        tilt(script, nets, checkpoint, data, advantage, args.tilt_temperature, args.tilt_steps, args.tilt_out)
+        tilt(script, nets, checkpoint, data, advantage if args.tilt_weights == "advantage" else value,
+             args.tilt_temperature, args.tilt_steps, args.tilt_out)
     return 0
 
 

@@ -173,20 +173,15 @@ def main(argv=None) -> int:
     print(f"\n{args.task} {args.tier}, {args.episodes} episodes per run (seeds {EPISODE_SEED}+):\n")
     print("| algorithm | episodes with two agents on one landmark (%) | distinct assignments used | normalized score |")
     print("|---|---|---|---|")
-    for algorithm in ("omsd", "omsd-independent", "matd3-bc", "bc"):
-        runs = results.get(algorithm)
-        if not runs:
-            continue
+    present = [(name, results[name]) for name in ("omsd", "omsd-independent", "matd3-bc", "bc") if results.get(name)]
+    for algorithm, runs in present:
         used = [sum(1 for k, v in r["shares"].items() if k != "overlap" and v >= 0.05) for r in runs]
         print(f"| {algorithm} | {cell([100 * r['overlap'] for r in runs])} | "
               f"{'/'.join(str(u) for u in used)} | {cell([r['normalized_score'] for r in runs])} |")
     print("\nThe score split by episode kind, and how close the clean splits end:\n")
     print("| algorithm | score of clean episodes | score of overlap episodes | final distance to the nearest landmark, clean episodes |")
     print("|---|---|---|---|")
-    for algorithm in ("omsd", "omsd-independent", "matd3-bc", "bc"):
-        runs = results.get(algorithm)
-        if not runs:
-            continue
+    for algorithm, runs in present:
         columns = [[r[key] for r in runs if r[key] is not None] for key in ("score_clean", "score_overlap")]
         distance = [r["final_distance_clean"] for r in runs if r["final_distance_clean"] is not None]
         print(f"| {algorithm} | {cell(columns[0]) if columns[0] else '-'} | {cell(columns[1]) if columns[1] else '-'} | "

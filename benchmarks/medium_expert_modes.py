@@ -2,8 +2,8 @@
 
 `medium-expert` pools the episodes of two TD3 teams (datasets/mamujoco_data.py): a medium checkpoint and
 the expert, with action noise 0.1. Episodes are labelled by their normalized score: above 90 the expert's,
-else the medium team's (the two clusters are 54-57 and 100-102). For osd_mamujoco.py checkpoints trained on
-the file, this prints:
+else the medium team's (90 lies between the two teams' score clusters, docs/q_term_notes.md §5.9.1). For
+osd_mamujoco.py checkpoints trained on the file, this prints:
 
 (1) held-out episodes (reset seeds 30,000+, neither training's nor the runs' evaluations): mean, median
     and share under 50 of the normalized score: failures show apart from the typical episode;
@@ -25,8 +25,8 @@ the file, this prints:
 
 With --tilt-out PATH it also writes a copy of the first checkpoint whose behavior model was fine-tuned for
 --tilt-steps on batches drawn with those weights (--tilt-weights: of the advantage or of the value) at
---tilt-temperature: a prototype outside the algorithm,
-whose phase 2 runs with `osd_mamujoco.py --pretrained PATH`.
+--tilt-temperature: a prototype outside the algorithm, whose phase 2 runs with
+`osd_mamujoco.py --pretrained PATH`.
 
     python benchmarks/medium_expert_modes.py --checkpoints checkpoints/<run>.pt [more.pt ...]
     python benchmarks/medium_expert_modes.py --checkpoints checkpoints/<run>.pt --episodes 0 \\
@@ -51,9 +51,10 @@ from spread_coordination import REPO  # noqa: E402
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "datasets"))
 import osd_common  # noqa: E402
+from mamujoco_data import expert_policy, medium_policy, stack_agents  # noqa: E402  (datasets/)
 
 HELD_OUT_SEED = 30_000
-EXPERT_ABOVE = 90.0  # an episode scoring above this is the expert team's (the clusters: 54-57, 100-102)
+EXPERT_ABOVE = 90.0  # an episode scoring above this is the expert team's (between the teams' clusters)
 FAILED_BELOW = 50.0  # a held-out episode under this counts as failed (under the medium team's cluster)
 
 
@@ -73,14 +74,6 @@ def unpad(actions: np.ndarray, act_dims) -> np.ndarray:
     return np.concatenate([actions[:, i, :dim] for i, dim in enumerate(act_dims)], axis=-1)
 
 
-def pad(joint: np.ndarray, act_dims, width: int) -> np.ndarray:
-    """[T, sum(act_dims)] joint actions -> [T, N, width] zero-padded per-agent actions."""
-    out = np.zeros((len(joint), len(act_dims), width), dtype=np.float32)
-    for i, part in enumerate(np.split(joint, np.cumsum(act_dims)[:-1], axis=-1)):
-        out[:, i, : part.shape[-1]] = part
-    return out
-
-
 def distances(actions: np.ndarray, team_actions: dict[str, np.ndarray], expert_half: np.ndarray) -> dict:
     """{team: {"expert half": d, "medium half": d}}: mean |a - a_team| per entry of joint actions [T, A]."""
     return {team: {half: float(np.abs(actions - target)[mask].mean())
@@ -88,20 +81,23 @@ def distances(actions: np.ndarray, team_actions: dict[str, np.ndarray], expert_h
             for team, target in team_actions.items()}
 
 
-def expert_mass(advantage: np.ndarray, expert_half: np.ndarray, temperature: float) -> float:
-    """Share of the sampling mass that weights min(exp(A / T), 100) put on the expert half (A: any score)."""
-    weights = np.minimum(np.exp(np.minimum(advantage / temperature, 50.0)), 100.0)
+def sampling_weights(score: np.ndarray, temperature: float) -> np.ndarray:
+    """min(exp(score / T), 100), IQL's clipped form (the exponent capped first, against overflow)."""
+    return np.minimum(np.exp(np.minimum(score / temperature, 50.0)), 100.0)
+
+
+def expert_mass(score: np.ndarray, expert_half: np.ndarray, temperature: float) -> float:
+    """Share of the sampling mass that sampling_weights(score, T) put on the expert half."""
+    weights = sampling_weights(score, temperature)
     return float(weights[expert_half].sum() / weights.sum())
 
 
 @torch.no_grad()
 def team_joint_actions(data) -> dict[str, np.ndarray]:
     """The two behavior teams' noise-free joint actions [T, A] on the data's states."""
-    import mamujoco_data  # datasets/: the teams' committed checkpoints
-
     obs = np.concatenate([data.observations[:, i, :dim] for i, dim in enumerate(data.meta["obs_dims"])], axis=-1)
     obs = torch.as_tensor(obs, dtype=torch.float32)
-    teams = {"expert team": mamujoco_data.expert_policy(), "medium team": mamujoco_data.medium_policy()}
+    teams = {"expert team": expert_policy(), "medium team": medium_policy()}
     return {name: torch.cat([team.actor(obs[i:i + CHUNK]) for i in range(0, len(obs), CHUNK)]).numpy()
             for name, team in teams.items()}
 
@@ -120,14 +116,14 @@ def critic_values(nets, checkpoint, data, joint_actions: dict[str, np.ndarray]):
     """(mean-twin target Q at each joint action set [T], in-sample advantage min_k Q(s, a_data) - V(s) [T])."""
     norm = checkpoint["normalizers"]
     state = torch.as_tensor((data.states - norm["state_mean"]) / norm["state_std"], dtype=torch.float32)
-    width, act_dims = data.actions.shape[-1], data.meta["act_dims"]
+    act_dims = data.meta["act_dims"]
 
     def q_of(padded: np.ndarray, reduce) -> np.ndarray:
         flat = torch.as_tensor(padded.reshape(len(padded), -1))
         return torch.cat([reduce(*nets["q_target"](state[i:i + CHUNK], flat[i:i + CHUNK])).reshape(-1)
                           for i in range(0, len(flat), CHUNK)]).numpy()
 
-    values = {name: q_of(pad(joint, act_dims, width), lambda q1, q2: 0.5 * (q1 + q2)) for name, joint in joint_actions.items()}
+    values = {name: q_of(stack_agents(joint, act_dims), lambda q1, q2: 0.5 * (q1 + q2)) for name, joint in joint_actions.items()}
     values["data"] = q_of(data.actions, lambda q1, q2: 0.5 * (q1 + q2))
     v = torch.cat([nets["v_net"](state[i:i + CHUNK]).reshape(-1) for i in range(0, len(state), CHUNK)]).numpy()
     return values, q_of(data.actions, torch.min) - v
@@ -142,17 +138,21 @@ def behavior_sample_reach(script, nets, checkpoint, data, teams: dict[str, np.nd
     from spread_conventions import sample_behavior_actions  # the behavior model's DDIM sampler
 
     args = osd_common.checkpoint_args(script.Args, checkpoint["args"])
-    norm, act_dims, width = checkpoint["normalizers"], data.meta["act_dims"], data.actions.shape[-1]
+    norm, act_dims = checkpoint["normalizers"], data.meta["act_dims"]
     n_agents = data.meta["n_agents"]
     act_mask = torch.as_tensor(data.act_mask, dtype=torch.float32)
     prefix = script.prefix_masks(n_agents, args.decomposition)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    step_in_episode = np.arange(len(data.rewards)) - np.repeat(
-        episode_starts(data.terminals, data.timeouts), np.diff(np.append(episode_starts(data.terminals, data.timeouts), len(data.rewards))))
+    starts = episode_starts(data.terminals, data.timeouts)
+    step_in_episode = np.arange(len(data.rewards)) - np.repeat(starts, np.diff(np.append(starts, len(data.rewards))))
     early = step_in_episode < first_steps if first_steps > 0 else np.ones(len(data.rewards), dtype=bool)
     out = {}
     for half, mask in (("expert half", expert_half & early), ("medium half", ~expert_half & early)):
+        if mask.sum() < n_states:
+            raise SystemExit(f"medium_expert_modes: --sample-states {n_states} is more than the {int(mask.sum())} "
+                             f"states of the {half}" + (f" in the first {first_steps} steps" if first_steps else "")
+                             + "; pass a smaller --sample-states or a larger --sample-first-steps")
         rows = np.repeat(rng.choice(np.flatnonzero(mask), size=n_states, replace=False), samples)
         state = torch.as_tensor((data.states[rows] - norm["state_mean"]) / norm["state_std"], dtype=torch.float32)
         obs = torch.as_tensor((data.observations[rows] - norm["obs_mean"]) / norm["obs_std"], dtype=torch.float32)
@@ -179,11 +179,14 @@ def held_out(script, nets, checkpoint, episodes: int) -> dict:
     return {"mean": float(scores.mean()), "median": float(np.median(scores)), "failed": float((scores < FAILED_BELOW).mean())}
 
 
-def tilt(script, nets, checkpoint, data, advantage: np.ndarray, temperature: float, steps: int, out: str) -> None:
-    """Fine-tune a copy of the behavior model on batches drawn with weights min(exp(A / T), 100), A the
-    advantage or the centred value; save it."""
+def tilt(script, nets, checkpoint, data, score: np.ndarray, temperature: float, steps: int, out: str) -> None:
+    """Fine-tune a copy of the behavior model on batches drawn with sampling_weights(score, T), the score
+    being the advantage or the centred value; save it."""
     args = osd_common.checkpoint_args(script.Args, checkpoint["args"])
-    weights = np.minimum(np.exp(np.minimum(advantage / temperature, 50.0)), 100.0)
+    if args.random_order:
+        raise SystemExit("medium_expert_modes: --tilt-out fine-tunes in the fixed agent order, but the checkpoint "
+                         "was trained with --random-order; tilt a run trained without it")
+    weights = sampling_weights(score, temperature)
     probabilities = weights / weights.sum()
     norm = checkpoint["normalizers"]
     states = torch.as_tensor((data.states - norm["state_mean"]) / norm["state_std"], dtype=torch.float32)

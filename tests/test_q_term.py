@@ -149,8 +149,7 @@ def test_medium_expert_modes_labels_halves_and_measures_whom_the_actors_follow()
     assert expert_half.tolist() == [False, False, True, True]
 
     joint = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], dtype=np.float32)  # agents of 2 and 1 action dims
-    padded = modes.pad(joint, [2, 1], 3)
-    assert padded.shape == (2, 2, 3) and padded[0, 1].tolist() == pytest.approx([0.3, 0.0, 0.0])
+    padded = modes.stack_agents(joint, [2, 1])  # the dataset generator's padding, which unpad inverts
     assert np.array_equal(modes.unpad(padded, [2, 1]), joint)
 
     teams = {"expert team": np.ones((4, 2)), "medium team": np.zeros((4, 2))}
@@ -162,3 +161,4 @@ def test_medium_expert_modes_labels_halves_and_measures_whom_the_actors_follow()
     advantage = np.array([0.0, 0.0, 1.0, 1.0])  # the expert half better by 1: weights e^(1/T) against 1
     assert modes.expert_mass(advantage, expert_half, 1.0) == pytest.approx(np.e / (np.e + 1))
     assert modes.expert_mass(advantage, expert_half, 0.01) == pytest.approx(100 / 101)  # clipped at 100
+    assert np.isfinite(modes.sampling_weights(np.array([1e6]), 1.0)).all()  # no overflow before the clip

@@ -73,6 +73,9 @@ class Args:
     gamma: float = 0.99  # discount factor
     expectile: float = 0.7  # IQL expectile of V's regression on min_k Q_target
     tau: float = 0.005  # Polyak rate of the target Q
+    # value-weighted behavior fine-tune after phase 1 (our addition, docs/algorithm.md §6)
+    value_weighted_steps: int | None = None  # phase 1b: behavior steps on batches drawn by Q (0: off; None: VALUE_WEIGHTED_STEPS_BY_TIER)
+    value_weighted_temperature: float = 0.07  # phase 1b's T: weights min(exp(z / T), 100), z = Q(s, a) standardized over the data
     # actors (§5)
     beta: float | None = None  # weight (at least 0) of the Q term in (5.2); None: the tier's, BETA_BY_TIER
     q_normalization: Literal["batch", "sample", "none"] = "batch"  # Q gradient to RMS 1 per agent or sample
@@ -106,6 +109,8 @@ MAMUJOCO_TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert"
 # cost, see CRITIC_STEPS_FOR_BETA. random learns nothing at any beta measured and keeps the default.
 BETA_BY_TIER = {"medium": 0.3, "medium-replay": 0.3, "expert": 0.0, "medium-expert": 0.0}
 DEFAULT_BETA = 0.05
+# Behavior fine-tune steps on value-weighted batches per tier (docs/algorithm.md §6); 0 elsewhere.
+VALUE_WEIGHTED_STEPS_BY_TIER: dict[str, int] = {}
 # below this many critic steps Q has reached less than ~92% of its values (1 - 0.99^(0.005 N), §4), and a
 # beta above 0.05 follows a critic that sees a few dozen steps ahead (docs/q_term_notes.md §5.1-5.2)
 CRITIC_STEPS_FOR_BETA = 50_000
@@ -284,6 +289,18 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     torch._foreach_add_(target_params, source_params, alpha=tau)
 
 
+VALUE_WEIGHT_MAX = 100.0  # IQL's cap on exponential weights: no few transitions take over the batches
+VALUE_WEIGHTED_LR = 1e-4  # constant AdamW rate of the fine-tune (phase 1 ended its cosine at 1e-5)
+
+
+def value_sampling_weights(q_data: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per transition, min(exp(z / T), VALUE_WEIGHT_MAX) with z = (Q - median Q) / std Q over the data:
+    the higher the critic values a transition, the more often phase 1b draws it (docs/algorithm.md §6, eq. (6.1)).
+    Standardizing makes T the same on every reward scale."""
+    z = (q_data - q_data.median()) / q_data.std().clamp_min(1e-8)
+    return torch.exp(torch.clamp(z / temperature, max=math.log(VALUE_WEIGHT_MAX))).clamp_max(VALUE_WEIGHT_MAX)
+
+
 # ---- Actors: deterministic decentralized policies and the score-regularized loss (docs/algorithm.md §5)
 Q_NORMALIZATIONS = ("batch", "sample", "none")  # how actor_loss scales the Q gradient g (Args.q_normalization)
 ACTION_BOUND = 0.99  # an action entry with |a| above this counts as saturated at the tanh bound (diagnostics)
@@ -429,6 +446,8 @@ if __name__ == "__main__":
     algorithm = osd_common.omsd_algorithm_name(args)  # from the flags, before the tier's beta fills in
     if args.beta is None:  # the tier's beta (BETA_BY_TIER) unless --beta is given
         args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
+    if args.value_weighted_steps is None:  # the tier's fine-tune (VALUE_WEIGHTED_STEPS_BY_TIER) unless given
+        args.value_weighted_steps = VALUE_WEIGHTED_STEPS_BY_TIER.get(meta.get("tier"), 0)
     if args.beta > 0.05 and args.critic_steps < CRITIC_STEPS_FOR_BETA and args.pretrained is None:
         print(f"note: beta {args.beta} with {args.critic_steps} critic steps: the critic will not have converged "
               f"(docs/q_term_notes.md §5); the per-tier betas were chosen with {CRITIC_STEPS_FOR_BETA}")
@@ -475,12 +494,22 @@ if __name__ == "__main__":
     q_optimizer = torch.optim.Adam(q_net.parameters(), lr=args.critic_lr, **fused)
     v_optimizer = torch.optim.Adam(v_net.parameters(), lr=args.critic_lr, **fused)
     phase1_steps = max(args.pretrain_steps, args.critic_steps)
+    value_weighted_steps = args.value_weighted_steps  # phase 1b's steps in this run
     if args.pretrained is not None:  # phase 1 of another run on the same data, with the same networks
         must_match = ("decomposition", "random_order", "behavior_condition", "score_width", "score_blocks", "hidden_dim")
         pretrained = osd_common.load_pretrained(PROGRAM, args.pretrained, meta, data.path, args, must_match, device)
         for name in ("score_net", "q_net", "q_target", "v_net"):
             nets[name].load_state_dict(pretrained[name])
         args.pretrain_steps = args.critic_steps = phase1_steps = 0
+        # a behavior model fine-tuned in that run (phase 1b) is reused as it is, never fine-tuned twice
+        finetuned_before = (pretrained["args"].get("value_weighted_steps") or 0,
+                            pretrained["args"].get("value_weighted_temperature"))
+        if finetuned_before[0] > 0:
+            if (args.value_weighted_steps, args.value_weighted_temperature) != finetuned_before:
+                raise SystemExit(f"{PROGRAM}: --pretrained {args.pretrained} holds a behavior model fine-tuned with "
+                                 f"--value-weighted-steps {finetuned_before[0]} --value-weighted-temperature "
+                                 f"{finetuned_before[1]}; pass the same two flags, or a checkpoint without a fine-tune")
+            value_weighted_steps = 0
         print(f"phase 1 skipped: behavior model and critics from {args.pretrained}")
     start_time = time.time()
     progress = tqdm(range(phase1_steps), desc="phase 1: behavior + critics", smoothing=0.05)
@@ -523,6 +552,43 @@ if __name__ == "__main__":
     progress.close()
     phase1_time = time.time() - start_time
     print(f"phase 1 done: {phase1_steps} steps in {phase1_time:.0f}s (SPS {phase1_steps / max(phase1_time, 1e-9):.0f})")
+
+    # ---- phase 1b (optional, our addition): the behavior model fine-tuned on value-weighted batches
+    # (docs/algorithm.md §6). Where the data pool teams of different skill, the behavior model holds each
+    # team's actions on its own states, and the regularizer pulls the actors to whichever team a state
+    # resembles; the Q term, a gradient at the actors' own action, cannot move them across. Drawing the
+    # fine-tune's batches by the critic's value of each transition shifts the behavior model toward the
+    # transitions of the better team before the actors are trained.
+    if value_weighted_steps > 0:
+        with torch.no_grad():  # Q at the data's actions, mean of the target twins (as in the actors' loss)
+            q_data = torch.cat([0.5 * sum(q_target(states[i:i + 65_536], actions[i:i + 65_536]))
+                                for i in range(0, n_transitions, 65_536)])
+        weights = value_sampling_weights(q_data, args.value_weighted_temperature).double().cpu().numpy()
+        cumulative = np.cumsum(weights)
+        effective = cumulative[-1] ** 2 / np.sum(weights**2) / n_transitions  # Kish's effective sample share
+        print(f"phase 1b: {value_weighted_steps} behavior steps on value-weighted batches (T "
+              f"{args.value_weighted_temperature}); effective sample share {effective:.2f}")
+        writer.add_scalar("charts/value_weighted_effective_share", effective, phase1_steps)
+        finetune_optimizer = torch.optim.AdamW(score_net.parameters(), lr=VALUE_WEIGHTED_LR, **fused)
+        start_time = time.time()
+        progress = tqdm(range(value_weighted_steps), desc="phase 1b: value-weighted behavior", smoothing=0.05)
+        for step in progress:
+            drawn = np.searchsorted(cumulative, batch_rng.random(args.behavior_batch_size) * cumulative[-1], side="right")
+            idx = torch.as_tensor(np.minimum(drawn, n_transitions - 1), device=device)
+            obs_b, state_b = observations.index_select(0, idx), states.index_select(0, idx)
+            loss = behavior_loss(score_net, actions.index_select(0, idx), behavior_condition(state_b, obs_b),
+                                 batch_prefix_mask(), act_mask)
+            finetune_optimizer.zero_grad()
+            loss.backward()
+            finetune_optimizer.step()
+            if (step + 1) % args.log_every == 0 or step == value_weighted_steps - 1:
+                losses = {"value_weighted_behavior": loss.item()}
+                osd_common.check_finite(PROGRAM, losses, step, "phase-1b")
+                writer.add_scalar("losses/value_weighted_behavior", losses["value_weighted_behavior"], phase1_steps + step)
+                progress.set_postfix({"loss": f"{losses['value_weighted_behavior']:.3g}"})
+        progress.close()
+        phase1_time += time.time() - start_time
+        print(f"phase 1b done: {value_weighted_steps} steps in {time.time() - start_time:.0f}s")
 
     # ---- phase 2: actors against the frozen behavior model and critics (docs/algorithm.md §5, §6)
     for net in (score_net, q_target, v_net, q_net):

@@ -14,7 +14,8 @@ osd_mamujoco.py checkpoints trained on the file, this prints:
     prefers the expert team's action to the medium team's;
 (4) the in-sample advantage A = min_k Q(s, a) - V(s) on each half, and the share of the sampling mass that
     weights exp(A / T), clipped at 100 (IQL's form), put on the expert half, per --temperatures; the same
-    for the value itself, Q(s, a) minus its median over the data, per --value-temperatures.
+    for the scripts' phase-1b weights of the value Q(s, a) (docs/algorithm.md eq. (6.1)), per
+    --value-temperatures.
 
 (5) with --behavior-samples K: on --sample-states states of each half, K joint actions sampled from the
     first checkpoint's behavior model (deterministic DDIM, 25 steps, agent by agent): the mean distance of
@@ -23,23 +24,24 @@ osd_mamujoco.py checkpoints trained on the file, this prints:
     --sample-first-steps N the states are drawn from the first N steps of episodes only, where the two
     teams' states still overlap (both start at rest).
 
-With --tilt-out PATH it also writes a copy of the first checkpoint whose behavior model was fine-tuned for
---tilt-steps on batches drawn with those weights (--tilt-weights: of the advantage or of the value) at
---tilt-temperature: a prototype outside the algorithm, whose phase 2 runs with
-`osd_mamujoco.py --pretrained PATH`.
+(6) with --failures: the first checkpoint's held-out episodes again, those under 50 against the others and
+    against the data's episodes: the share whose torso pitched past 90 degrees (the cheetah on its back),
+    the share standing still from some step to the end (stuck), the mean forward speed, how far their
+    states lie from the data's, and per failed episode when it got stuck and in what pitch.
+
+The value-weighted fine-tune these weights led to is the scripts' phase 1b (`--value-weighted-steps`,
+docs/algorithm.md §6); its first version, a fine-tune of a checkpoint's behavior model here (`--tilt-out`,
+also with advantage weights), is at commit 3eb2561 (docs/q_term_notes.md §5.9.1).
 
     python benchmarks/medium_expert_modes.py --checkpoints checkpoints/<run>.pt [more.pt ...]
-    python benchmarks/medium_expert_modes.py --checkpoints checkpoints/<run>.pt --episodes 0 \\
-        --tilt-out checkpoints/<run>_tilt.pt --tilt-temperature 1 --tilt-steps 10000
+    python benchmarks/medium_expert_modes.py --checkpoints checkpoints/<run>.pt --failures
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import pathlib
 import sys
-import time
 
 import numpy as np
 import torch
@@ -56,6 +58,10 @@ from mamujoco_data import expert_policy, medium_policy, stack_agents  # noqa: E4
 HELD_OUT_SEED = 30_000
 EXPERT_ABOVE = 90.0  # an episode scoring above this is the expert team's (between the teams' clusters)
 FAILED_BELOW = 50.0  # a held-out episode under this counts as failed (under the medium team's cluster)
+PITCH, SPEED = 1, 8  # HalfCheetah's global state is qpos[1:] then qvel: the torso's pitch, its forward speed
+FLIP_PITCH = np.pi / 2  # a torso pitched past this is on its back
+STILL_SPEED, STILL_STEPS = 0.5, 100  # forward speed under this for the last this many steps or more: stuck
+BEFORE_FLIP = 50  # steps before a flip whose states failure_anatomy compares with upright episodes
 
 
 def half_labels(rewards, terminals, timeouts, ref_random: float, ref_expert: float) -> np.ndarray:
@@ -170,6 +176,93 @@ def behavior_sample_reach(script, nets, checkpoint, data, teams: dict[str, np.nd
     return out
 
 
+def pitch_and_speed(states: np.ndarray) -> tuple[float, float, int]:
+    """(largest |torso pitch|, mean forward speed, the first step from which the cheetah stands still to the
+    episode's end, -1 if it does not) over one episode's global states [T, 17]."""
+    moving = np.flatnonzero(np.abs(states[:, SPEED]) >= STILL_SPEED)
+    still_from = int(moving[-1]) + 1 if len(moving) else 0
+    stuck = still_from if len(states) - still_from >= STILL_STEPS else -1
+    return float(np.abs(states[:, PITCH]).max()), float(states[:, SPEED].mean()), stuck
+
+
+@torch.no_grad()
+def held_out_rollouts(nets, checkpoint, episodes: int) -> list[dict]:
+    """The held-out episodes of held_out() again (same reset seeds), keeping each one's global states."""
+    meta, norm = checkpoint["meta"], checkpoint["normalizers"]
+    act = osd_common.make_act_fn(nets["actors"], osd_common.Normalizer(norm["obs_mean"], norm["obs_std"]),
+                                 torch.device("cpu"))
+    env = osd_common.make_env(meta["task"], agent_obsk=osd_common.dataset_agent_obsk(meta))
+    rollouts = []
+    for episode in range(episodes):
+        obs, state = env.reset(seed=HELD_OUT_SEED + episode)
+        states, total, done = [state], 0.0, False
+        while not done:
+            obs, state, reward, terminated, truncated = env.step(act(obs))
+            states.append(state)
+            total, done = total + reward, terminated or truncated
+        rollouts.append({"score": osd_common.normalized_score(total, meta["ref_random"], meta["ref_expert"]),
+                         "states": np.asarray(states[:-1])})
+    env.close()
+    return rollouts
+
+
+def nearest_data_distance(queries: np.ndarray, data_states: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Per query state, the RMS per entry of the standardized difference to its nearest data state."""
+    reference = torch.as_tensor(data_states / scale, dtype=torch.float32)
+    out = [torch.cdist(torch.as_tensor(queries[i:i + 1024] / scale, dtype=torch.float32), reference).min(-1).values
+           for i in range(0, len(queries), 1024)]
+    return torch.cat(out).numpy() / np.sqrt(data_states.shape[1])
+
+
+def failure_anatomy(nets, checkpoint, data, episodes: int, reference_states: int = 50_000, seed: int = 0) -> dict:
+    """What the failed held-out episodes (score under FAILED_BELOW) have that the others do not: the share
+    whose torso pitched past FLIP_PITCH (on its back), the mean forward speed, and how far their states lie
+    from the data's (nearest_data_distance to `reference_states` random data states), against the same for
+    the data's own episodes."""
+    starts = episode_starts(data.terminals, data.timeouts)
+    ends = np.concatenate([starts[1:], [len(data.rewards)]])
+    meta = data.meta
+    data_rows = [(osd_common.normalized_score(float(data.rewards[a:b].sum()), meta["ref_random"], meta["ref_expert"]),
+                  *pitch_and_speed(data.states[a:b])) for a, b in zip(starts, ends)]
+    rollouts = held_out_rollouts(nets, checkpoint, episodes)
+    rows = [(r["score"], *pitch_and_speed(r["states"])) for r in rollouts]
+    rng = np.random.default_rng(seed)
+    reference = data.states[rng.choice(len(data.states), size=min(reference_states, len(data.states)), replace=False)]
+    scale = data.states.std(0) + 1e-6
+    failed = np.array([row[0] < FAILED_BELOW for row in rows])
+    distance = [float(np.median(nearest_data_distance(r["states"], reference, scale))) for r in rollouts]
+
+    def summary(table, mask) -> dict:
+        table = [row for row, keep in zip(table, mask) if keep]
+        if not table:
+            return {"episodes": 0}
+        scores, pitch, speed, stuck = (np.array(column) for column in zip(*table))
+        return {"episodes": len(table), "flipped": float((pitch > FLIP_PITCH).mean()), "speed": float(speed.mean()),
+                "score": float(scores.mean()), "stuck": float((stuck >= 0).mean())}
+
+    # before the fall: the flipped episodes' states in the BEFORE_FLIP steps up to their first flip, against
+    # the unflipped episodes' states at the same steps (is the fall preceded by states the data lacks?)
+    flipped = [r for r in rollouts if (np.abs(r["states"][:, PITCH]) > FLIP_PITCH).any()]
+    upright = [r for r in rollouts if not (np.abs(r["states"][:, PITCH]) > FLIP_PITCH).any()]
+    before, same_steps = [], []
+    for r in flipped:
+        first = int(np.argmax(np.abs(r["states"][:, PITCH]) > FLIP_PITCH))
+        window = slice(max(0, first - BEFORE_FLIP), first)
+        before.append(float(np.median(nearest_data_distance(r["states"][window], reference, scale))) if first else float("nan"))
+        same_steps.append(float(np.median(np.concatenate([nearest_data_distance(u["states"][window], reference, scale)
+                                                          for u in upright[:20]]))) if first and upright else float("nan"))
+    data_failed = np.array([row[0] < FAILED_BELOW for row in data_rows])
+    return {"data, every episode": summary(data_rows, np.ones(len(data_rows), dtype=bool)),
+            "data, failed": summary(data_rows, data_failed),
+            "held-out, failed": {**summary(rows, failed), "distance": float(np.mean(np.array(distance)[failed])) if failed.any() else float("nan")},
+            "held-out, the others": {**summary(rows, ~failed), "distance": float(np.mean(np.array(distance)[~failed]))},
+            "failed episodes": [{"score": r["score"], "stuck from": row[3],
+                                 "final pitch": float(r["states"][-STILL_STEPS:, PITCH].mean())}
+                                for r, row, bad in zip(rollouts, rows, failed) if bad],
+            "before the flip": {"episodes": len(flipped), "flipped": before, "upright": same_steps,
+                                "first": [int(np.argmax(np.abs(r["states"][:, PITCH]) > FLIP_PITCH)) for r in flipped]}}
+
+
 def held_out(script, nets, checkpoint, episodes: int) -> dict:
     normalizer = osd_common.Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
     result = osd_common.evaluate_actors(nets["actors"], normalizer, torch.device("cpu"), episodes, HELD_OUT_SEED,
@@ -177,39 +270,6 @@ def held_out(script, nets, checkpoint, episodes: int) -> dict:
     meta = checkpoint["meta"]
     scores = np.array([osd_common.normalized_score(r, meta["ref_random"], meta["ref_expert"]) for r in result["returns"]])
     return {"mean": float(scores.mean()), "median": float(np.median(scores)), "failed": float((scores < FAILED_BELOW).mean())}
-
-
-def tilt(script, nets, checkpoint, data, score: np.ndarray, temperature: float, steps: int, out: str) -> None:
-    """Fine-tune a copy of the behavior model on batches drawn with sampling_weights(score, T), the score
-    being the advantage or the centred value; save it."""
-    args = osd_common.checkpoint_args(script.Args, checkpoint["args"])
-    if args.random_order:
-        raise SystemExit("medium_expert_modes: --tilt-out fine-tunes in the fixed agent order, but the checkpoint "
-                         "was trained with --random-order; tilt a run trained without it")
-    weights = sampling_weights(score, temperature)
-    probabilities = weights / weights.sum()
-    norm = checkpoint["normalizers"]
-    states = torch.as_tensor((data.states - norm["state_mean"]) / norm["state_std"], dtype=torch.float32)
-    actions, act_mask = torch.as_tensor(data.actions), torch.as_tensor(data.act_mask)
-    score_net = copy.deepcopy(nets["score_net"]).train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(score_net.parameters(), lr=1e-4)
-    n_agents = data.meta["n_agents"]
-    prefix = script.prefix_masks(n_agents, args.decomposition)
-    rng, start = np.random.default_rng(args.seed), time.time()
-    for step in range(steps):
-        rows = torch.as_tensor(rng.choice(len(probabilities), size=args.behavior_batch_size or 256, p=probabilities))
-        condition = states[rows][:, None, :].expand(-1, n_agents, -1)
-        if args.behavior_condition == "obs":
-            condition = torch.as_tensor((data.observations[rows.numpy()] - norm["obs_mean"]) / norm["obs_std"],
-                                        dtype=torch.float32)
-        loss = script.behavior_loss(score_net, actions[rows], condition, prefix, act_mask)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if (step + 1) % 2000 == 0:
-            print(f"tilt: step {step + 1}, behavior loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
-    torch.save({**checkpoint, "score_net": score_net.state_dict()}, out)
-    print(f"tilt: saved {out}; train phase 2 from it with osd_mamujoco.py --pretrained {out}")
 
 
 def main(argv=None) -> int:
@@ -223,13 +283,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-first-steps", type=int, default=0,
                         help="draw (5)'s states from the first this many steps of episodes (0: any step)")
     parser.add_argument("--sample-states", type=int, default=200, help="states per half for (5)")
-    parser.add_argument("--tilt-out", default=None, help="write the first checkpoint with an advantage-weighted behavior model here")
-    parser.add_argument("--value-temperatures", type=float, nargs="*", default=[10.0, 30.0, 100.0],
-                        help="temperatures of the value weights exp((Q - median Q) / T) to report")
-    parser.add_argument("--tilt-weights", choices=("advantage", "value"), default="advantage",
-                        help="what the fine-tune's weights exponentiate: A(s, a) or Q(s, a) - median Q")
-    parser.add_argument("--tilt-temperature", type=float, default=1.0, help="T of the fine-tune's weights")
-    parser.add_argument("--tilt-steps", type=int, default=10_000, help="fine-tune steps (AdamW, lr 1e-4)")
+    parser.add_argument("--failures", action="store_true",
+                        help="(6): what the failed held-out episodes of the first checkpoint have that the others lack")
+    parser.add_argument("--value-temperatures", type=float, nargs="*", default=[0.07, 0.2, 0.7],
+                        help="temperatures of the scripts' phase-1b weights (docs/algorithm.md eq. (6.1)) to report")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -271,9 +328,11 @@ def main(argv=None) -> int:
           "on the expert half with weights min(exp(A / T), 100): "
           + ", ".join(f"T {t:g}: {expert_mass(advantage, expert_half, t):.2f}" for t in args.temperatures)
           + f" (uniform: {expert_half.mean():.2f})")
-    value = values["data"] - np.median(values["data"])
-    print("sampling mass on the expert half with weights min(exp((Q - median Q) / T), 100): "
-          + ", ".join(f"T {t:g}: {expert_mass(value, expert_half, t):.2f}" for t in args.value_temperatures))
+    q_data = torch.as_tensor(values["data"])
+    value_mass = {t: float(weights[expert_half].sum() / weights.sum())
+                  for t in args.value_temperatures for weights in [script.value_sampling_weights(q_data, t).numpy()]}
+    print("sampling mass on the expert half with phase 1b's weights (6.1), min(exp(z / T), 100) with z the "
+          "standardized Q(s, a): " + ", ".join(f"T {t:g}: {mass:.2f}" for t, mass in value_mass.items()))
     if args.behavior_samples:
         reach = behavior_sample_reach(script, nets, checkpoint, data, teams, expert_half, args.behavior_samples,
                                       args.sample_states, args.sample_first_steps)
@@ -286,9 +345,30 @@ def main(argv=None) -> int:
         for half, result in reach.items():
             cells = [result[f"{kind} to {team}"] for kind in ("nearest", "Q's best") for team in ("expert team", "medium team")]
             print(f"| {half} | " + " | ".join(f"{cell:.3f}" for cell in cells) + " |")
-    if args.tilt_out:
-        tilt(script, nets, checkpoint, data, advantage if args.tilt_weights == "advantage" else value,
-             args.tilt_temperature, args.tilt_steps, args.tilt_out)
+    if args.failures:
+        anatomy = failure_anatomy(nets, checkpoint, data, args.episodes or 100)
+        print(f"\nFailed episodes (score under {FAILED_BELOW:g}) of {pathlib.Path(args.checkpoints[0]).name}, "
+              f"held-out, against the data's (distance: median over an episode's states of the RMS standardized "
+              "distance to the nearest of 50,000 data states):\n")
+        print("| episodes | count | mean score | torso past 90 degrees (on its back) | standing still to the end | "
+              "mean forward speed | distance to the data |")
+        print("|---|---|---|---|---|---|---|")
+        flips, failed_episodes = anatomy.pop("before the flip"), anatomy.pop("failed episodes")
+        for name, row in anatomy.items():
+            if not row["episodes"]:
+                print(f"| {name} | 0 | - | - | - | - | - |")
+                continue
+            distance = f"{row['distance']:.3f}" if "distance" in row else "-"
+            print(f"| {name} | {row['episodes']} | {row['score']:.1f} | {row['flipped']:.0%} | {row['stuck']:.0%} | "
+                  f"{row['speed']:.2f} | {distance} |")
+        print(f"\nHeld-out failed episodes (score, standing still from step, mean torso pitch over the last "
+              f"{STILL_STEPS} steps; the data's 1-99% pitch: {np.percentile(data.states[:, PITCH], 1):.2f} to "
+              f"{np.percentile(data.states[:, PITCH], 99):.2f}): "
+              + "; ".join(f"{e['score']:.1f}, {e['stuck from']}, {e['final pitch']:.2f}" for e in failed_episodes))
+        if flips["episodes"]:
+            print(f"\nHeld-out episodes that flipped: {flips['episodes']}, first at steps {flips['first']}; distance to the "
+                  f"data in the {BEFORE_FLIP} steps before: " + ", ".join(f"{d:.3f}" for d in flips["flipped"])
+                  + "; upright episodes at the same steps: " + ", ".join(f"{d:.3f}" for d in flips["upright"]))
     return 0
 
 

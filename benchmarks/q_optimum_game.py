@@ -68,13 +68,19 @@ def as_condition(context: torch.Tensor) -> torch.Tensor:
 
 
 def train_models(cfg: GameConfig) -> dict:
-    """Phase 1 on uniform data: the behavior model (sequential masks) and the critics. The game has one step,
-    so every transition is terminal and Q regresses on the reward."""
+    """Phase 1 on uniform data."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     contexts = torch.randn(cfg.n_data, CONTEXT_DIM, generator=generator)
     actions = (torch.rand(cfg.n_data, N_AGENTS, 1, generator=generator) * 2 - 1)  # uniform over the box
-    rewards = game_reward(actions)
+    return train_phase1(cfg, contexts, actions, game_reward(actions), generator)
+
+
+def train_phase1(cfg, contexts: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                 generator: torch.Generator) -> dict:
+    """Phase 1 of a one-step game on its data: the behavior model (sequential masks) and the critics. Every
+    transition is terminal, so Q regresses on the reward. `cfg` gives the sizes (n_data, batch_size, width,
+    behavior_steps, critic_steps)."""
     mask, act_mask = prefix_masks(N_AGENTS, "sequential"), torch.ones(N_AGENTS, 1)
     score_net = BehaviorScoreNet(N_AGENTS, 1, CONTEXT_DIM, width=cfg.width, n_blocks=2)
     q_net, q_target = TwinQ(CONTEXT_DIM, N_AGENTS, cfg.width), TwinQ(CONTEXT_DIM, N_AGENTS, cfg.width)

@@ -254,6 +254,7 @@ def test_training_writes_tensorboard_scalars_and_checkpoint(trained_run):
     assert checkpoint["normalizers"]["state_std"].shape == (54,)
     assert checkpoint["args"]["seed"] == 3 and checkpoint["args"]["policy_steps"] == 20
     assert checkpoint["args"]["beta"] == 0.3  # no --beta: the tier's default (BETA_BY_TIER; random -> 0.3)
+    assert checkpoint["args"]["value_weighted_steps"] == 0  # the tier's (none for random): no phase 1b
     assert checkpoint["meta"]["task"] == "mpe/simple_spread" and checkpoint["meta"]["obs_dims"] == [18, 18, 18]
 
 
@@ -317,6 +318,33 @@ def test_pretrained_skips_phase_one_and_refuses_other_settings(trained_run):
     result = run_script(trained_run, "--dataset", "tiny.npz", "--pretrained", checkpoint, "--decomposition",
                         "independent", *TINY_FLAGS)
     assert result.returncode != 0 and "was trained with --decomposition sequential" in result.stderr
+
+
+def test_value_weighted_finetune_logs_saves_and_is_never_applied_twice(trained_run):
+    """Phase 1b after a reused phase 1: it logs its loss and sampling share, the checkpoint holds the
+    fine-tuned behavior model and says so; reusing that checkpoint with the same flags skips the fine-tune,
+    with other flags it is refused (a second fine-tune would compound silently)."""
+    checkpoint = str(next((trained_run / "checkpoints").glob("*__first__3__*.pt")))
+    result = run_script(trained_run, "--dataset", "tiny.npz", "--exp-name", "finetuned", "--pretrained", checkpoint,
+                        "--value-weighted-steps", "10", *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "phase 1b: 10 behavior steps on value-weighted batches (T 0.07)" in result.stdout
+    (run_dir,) = (trained_run / "runs").glob("mpe_simple_spread__finetuned__*")
+    logged = scalars(run_dir)
+    assert len(logged["losses/value_weighted_behavior"]) == 2  # steps 5 and 10 (--log-every 5)
+    (share,) = [value for _, value in logged["charts/value_weighted_effective_share"]]
+    assert 0.0 < share <= 1.0
+    finetuned = next((trained_run / "checkpoints").glob("*__finetuned__*.pt"))
+    saved, before = (torch.load(path, weights_only=False) for path in (finetuned, checkpoint))
+    assert saved["args"]["value_weighted_steps"] == 10
+    assert any(not torch.equal(saved["score_net"][key], before["score_net"][key]) for key in before["score_net"])
+
+    result = run_script(trained_run, "--dataset", "tiny.npz", "--pretrained", str(finetuned), "--value-weighted-steps",
+                        "10", "--no-save-model", *TINY_FLAGS)
+    assert result.returncode == 0 and "phase 1b" not in result.stdout, result.stderr[-3000:]
+    result = run_script(trained_run, "--dataset", "tiny.npz", "--pretrained", str(finetuned), *TINY_FLAGS)
+    assert result.returncode != 0
+    assert "fine-tuned with --value-weighted-steps 10 --value-weighted-temperature 0.07" in result.stderr
 
 
 def test_variants_run_random_order_obs_condition_independent(workdir):

@@ -86,7 +86,7 @@ def test_the_comparison_sees_a_change():
 # benchmarks/ that use the algorithm's own functions: the didactic games import them (and say so in their
 # docstring); the diagnostics that rebuild a run's networks from its checkpoint load the script by path.
 # Everything else (the grid, the report, the throughput) runs the scripts as command lines or reads records.
-DIDACTIC_GAMES = {"bandit.py", "coordination_game.py", "q_optimum_game.py", "convention_walk.py"}
+DIDACTIC_GAMES = {"bandit.py", "coordination_game.py", "q_optimum_game.py", "convention_walk.py", "pooled_teams_game.py"}
 CHECKPOINT_DIAGNOSTICS = {"critic_check.py", "regularizer_fixed_point.py", "regularizer_pull.py", "spread_coordination.py",
                           "spread_conventions.py"}
 

@@ -109,8 +109,11 @@ MAMUJOCO_TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert"
 # cost, see CRITIC_STEPS_FOR_BETA. random learns nothing at any beta measured and keeps the default.
 BETA_BY_TIER = {"medium": 0.3, "medium-replay": 0.3, "expert": 0.0, "medium-expert": 0.0}
 DEFAULT_BETA = 0.05
-# Behavior fine-tune steps on value-weighted batches per tier (docs/algorithm.md §6); 0 elsewhere.
-VALUE_WEIGHTED_STEPS_BY_TIER: dict[str, int] = {}
+# Phase 1b's steps per tier (docs/algorithm.md §6), 0 elsewhere. On `medium-expert` the behavior model holds
+# the medium team's actions on the medium team's states, and the actors imitate them there; value-weighted
+# batches move it to the expert team's (T chosen on seed 0; docs/q_term_notes.md §5.9.2). The single-team
+# tiers were measured and keep it off (§5.9.2).
+VALUE_WEIGHTED_STEPS_BY_TIER: dict[str, int] = {"medium-expert": 10_000}
 # below this many critic steps Q has reached less than ~92% of its values (1 - 0.99^(0.005 N), §4), and a
 # beta above 0.05 follows a critic that sees a few dozen steps ahead (docs/q_term_notes.md §5.1-5.2)
 CRITIC_STEPS_FOR_BETA = 50_000

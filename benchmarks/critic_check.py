@@ -26,6 +26,10 @@ statistics. It rebuilds the networks with the script that wrote the checkpoint, 
     python benchmarks/critic_check.py --checkpoint checkpoints/<run>.pt
     python benchmarks/critic_check.py --checkpoint checkpoints/<run>.pt --dataset path/to/data.npz --states 5000
 
+(e) Phase 1b's weights. docs/algorithm.md eq. (6.1) at the run's --value-weighted-temperature over every
+    transition: the effective share of the data they keep, and the share of their sampling mass on the
+    first EARLY_STEPS steps of episodes against those steps' share of the data.
+
 It prints a markdown table.
 """
 
@@ -45,6 +49,7 @@ sys.path.insert(0, str(REPO))
 import osd_common  # noqa: E402
 
 CHUNK = 4096  # rows per forward pass: bounds memory on million-transition datasets
+EARLY_STEPS = 50  # (e): the first steps of every episode, where a running team is still slow
 
 
 def average_ranks(values) -> np.ndarray:
@@ -165,7 +170,20 @@ def check(checkpoint_path: str, dataset: str | None = None, n_states: int = 10_0
     gap = sampled["q_actor"] - sampled["q_data"]
     far = rows[usable[rows]]  # (d): the sampled states whose return to go is within 1% of their value
     far_q = evaluate(far)["q_data"] if len(far) else np.zeros(0)
+    # (e) phase 1b's weights (6.1) over every transition, at the run's temperature: what share of the
+    # sampling mass the first EARLY_STEPS steps of episodes keep, against their share of the data
+    q_all = []
+    for chunk in np.array_split(np.arange(len(data.rewards)), max(1, int(np.ceil(len(data.rewards) / CHUNK)))):
+        state, _, actions = inputs(chunk)
+        q_all.append(q_value(state, actions))
+    q_all = torch.cat(q_all)
+    weights = script.value_sampling_weights(q_all, args.value_weighted_temperature).double().numpy()
+    step_in_episode = np.arange(len(weights)) - np.repeat(starts, np.diff(np.append(starts, len(weights))))
+    early = step_in_episode < EARLY_STEPS
     return {
+        "value_weighted_temperature": args.value_weighted_temperature,
+        "effective_share": float(weights.sum() ** 2 / (weights**2).sum() / len(weights)),
+        "early_data_share": float(early.mean()), "early_weight_share": float(weights[early].sum() / weights.sum()),
         "checkpoint": str(checkpoint_path), "task": checkpoint["meta"]["task"], "tier": checkpoint["meta"].get("tier"),
         "decomposition": args.decomposition, "beta": args.beta, "gamma": args.gamma, "expectile": args.expectile,
         "episodes": len(starts), "spearman_q0_return": spearman(first["q_data"], returns),
@@ -200,7 +218,11 @@ def format_table(result: dict) -> str:
              f"| (d) mean discounted return to go / mean Q(s, a_data), over {r['to_go_states']} of those states "
              f"far enough from a timeout | {r['mean_return_to_go']:.3f} / {r['mean_q_data_far']:.3f} |",
              f"| Spearman rho of Q(s, a_data) with the return to go, same states | "
-             f"{r['spearman_q_return_to_go']:+.3f} |"]
+             f"{r['spearman_q_return_to_go']:+.3f} |",
+             f"| (e) phase 1b's weights (6.1) at T {r['value_weighted_temperature']:g}: effective share of the data | "
+             f"{r['effective_share']:.2f} |",
+             f"| their sampling mass on the first {EARLY_STEPS} steps of episodes / those steps' share of the data | "
+             f"{100 * r['early_weight_share']:.1f}% / {100 * r['early_data_share']:.1f}% |"]
     return "\n".join(lines)
 
 

@@ -442,6 +442,14 @@ def test_critic_check_ranks_returns_and_compares_actor_and_data_actions(trained_
     assert result["mean_q_data"] == pytest.approx(q_data.mean().item(), rel=1e-5)
     assert result["v_minus_q_data"] == pytest.approx((v - q_data).mean().item(), rel=1e-4, abs=1e-6)
     assert script.__name__.endswith("osd_mpe") and isinstance(args, script.Args)
+    # (e) phase 1b's weights over every transition; MPE episodes (25 steps) lie wholly in the first 50 steps
+    every_state = torch.as_tensor((data.states - norm["state_mean"]) / norm["state_std"], dtype=torch.float32)
+    with torch.no_grad():
+        weights = script.value_sampling_weights(0.5 * sum(nets["q_target"](every_state, torch.as_tensor(data.actions))),
+                                                args.value_weighted_temperature).double()
+    assert result["effective_share"] == pytest.approx((weights.sum() ** 2 / (weights**2).sum() / len(weights)).item(),
+                                                      rel=1e-4)
+    assert result["early_data_share"] == 1.0 and result["early_weight_share"] == pytest.approx(1.0)
     table = critic_check.format_table(result)
     assert "| (a) Spearman rho of Q(s_0, a_0) with the discounted return, over 4 episodes" in table
     assert "| (b) mean Q(s, pi(o)) - Q(s, a_data), over 50 dataset states |" in table

@@ -348,11 +348,12 @@ def test_value_weighted_finetune_logs_saves_and_is_never_applied_twice(trained_r
 
 
 def test_variants_run_random_order_obs_condition_independent(workdir):
-    """The ablation flags take the same path through the script and log finite losses."""
+    """The ablation flags take the same path through the script (phase 1b too) and log finite losses."""
     result = run_script(workdir, "--dataset", "tiny.npz", "--exp-name", "variant", "--random-order",
                         "--behavior-condition", "obs", "--decomposition", "independent", "--weighting", "sigma2",
-                        "--q-normalization", "sample", "--no-save-model", *TINY_FLAGS)
+                        "--q-normalization", "sample", "--value-weighted-steps", "5", "--no-save-model", *TINY_FLAGS)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "phase 1b: 5 behavior steps" in result.stdout  # after a full phase 1, in a random order, on obs
     (run_dir,) = (workdir / "runs").glob("mpe_simple_spread__variant__*")
     logged = scalars(run_dir)
     assert all(np.isfinite(value) for tag in ("losses/behavior", "losses/actor") for _, value in logged[tag])

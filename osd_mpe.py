@@ -107,8 +107,8 @@ PRESETS = {
 # The runs behind each value: docs/osd_mpe_notes.md §8, §12 and §14.1.
 BETA_BY_TIER = {"mixed": 0.3, "balanced": 0.01, "mixed-balanced": 0.01, "mixed-expert-noisy": 0.01}
 DEFAULT_BETA = 0.3
-# Phase 1b's steps per tier (docs/algorithm.md §6), 0 elsewhere: off on every MPE tier until the tuning seed
-# has measured it (docs/q_term_notes.md §5.9.2).
+# Phase 1b's steps per tier (docs/algorithm.md §6), 0 elsewhere: off on every MPE tier for now; spread `mixed`
+# gains with it on the tuning seed and seeds 1-3, tag and world `mixed` are unmeasured (docs/q_term_notes.md §5.9.2).
 VALUE_WEIGHTED_STEPS_BY_TIER: dict[str, int] = {}
 
 

@@ -657,7 +657,8 @@ def evaluate(act_fn: Callable[[list[np.ndarray]], list[np.ndarray]], task: str, 
 # `program` names the script in every message.
 # ---------------------------------------------------------------------------------------------------
 # the smallest value each flag accepts (resolve_budgets); every other budget must be at least 1
-FLAG_MINIMUMS = {"seed": 0, "pretrain_steps": 0, "critic_steps": 0, "beta": 0}
+FLAG_MINIMUMS = {"seed": 0, "pretrain_steps": 0, "critic_steps": 0, "beta": 0, "value_weighted_steps": 0}
+FLAG_ABOVE = {"value_weighted_temperature": 0.0}  # flags that must be strictly above this (a divisor)
 # --capture-video: (every how many env steps a frame is kept, image scale) per task family. HalfCheetah
 # steps 0.05 s, so every 2nd frame at 10 fps plays in real time; MuJoCo renders on the CPU at ~0.1 s a frame.
 VIDEO_SETTINGS = {"mpe/": (1, 1.0), "mamujoco/": (2, 0.5)}
@@ -665,8 +666,8 @@ VIDEO_SETTINGS = {"mpe/": (1, 1.0), "mamujoco/": (2, 0.5)}
 
 def resolve_budgets(program: str, args, presets: dict):
     """Fill every budget left at None from `presets[args.preset]` (flags given explicitly win), then stop
-    with the flag named when a value is below its minimum (FLAG_MINIMUMS, else 1): a clear error, not a
-    numpy traceback (negative seed) or a division by zero later."""
+    with the flag named when a value is below its minimum (FLAG_MINIMUMS, else 1) or not above its bound
+    (FLAG_ABOVE): a clear error, not a numpy traceback (negative seed) or a division by zero later."""
     for name, value in presets[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -674,6 +675,10 @@ def resolve_budgets(program: str, args, presets: dict):
         value, low = getattr(args, name, None), FLAG_MINIMUMS.get(name, 1)
         if value is not None and value < low:
             raise SystemExit(f"{program}: --{name.replace('_', '-')} is {value}; it must be at least {low}")
+    for name, low in FLAG_ABOVE.items():
+        value = getattr(args, name, None)
+        if value is not None and not value > low:
+            raise SystemExit(f"{program}: --{name.replace('_', '-')} is {value}; it must be above {low}")
     return args
 
 

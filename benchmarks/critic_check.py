@@ -82,6 +82,11 @@ def episode_starts(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
 
 
+def steps_in_episode(starts: np.ndarray, n_transitions: int) -> np.ndarray:
+    """Each transition's step within its episode (0 at an episode's first transition)."""
+    return np.arange(n_transitions) - np.repeat(starts, np.diff(np.append(starts, n_transitions)))
+
+
 def returns_to_go(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray,
                   gamma: float) -> tuple[np.ndarray, np.ndarray]:
     """(sum_k gamma^k r_{t+k} to the episode's end, whether that end is within 1% of the infinite-horizon
@@ -178,8 +183,7 @@ def check(checkpoint_path: str, dataset: str | None = None, n_states: int = 10_0
         q_all.append(q_value(state, actions))
     q_all = torch.cat(q_all)
     weights = script.value_sampling_weights(q_all, args.value_weighted_temperature).double().numpy()
-    step_in_episode = np.arange(len(weights)) - np.repeat(starts, np.diff(np.append(starts, len(weights))))
-    early = step_in_episode < EARLY_STEPS
+    early = steps_in_episode(starts, len(weights)) < EARLY_STEPS
     return {
         "value_weighted_temperature": args.value_weighted_temperature,
         "effective_share": float(weights.sum() ** 2 / (weights**2).sum() / len(weights)),

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from critic_check import CHUNK, episode_starts, load_run  # noqa: E402
+from critic_check import CHUNK, episode_starts, load_run, steps_in_episode  # noqa: E402
 from spread_coordination import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -61,7 +61,6 @@ FAILED_BELOW = 50.0  # a held-out episode under this counts as failed (under the
 PITCH, SPEED = 1, 8  # HalfCheetah's global state is qpos[1:] then qvel: the torso's pitch, its forward speed
 FLIP_PITCH = np.pi / 2  # a torso pitched past this is on its back
 STILL_SPEED, STILL_STEPS = 0.5, 100  # forward speed under this for the last this many steps or more: stuck
-BEFORE_FLIP = 50  # steps before a flip whose states failure_anatomy compares with upright episodes
 
 
 def half_labels(rewards, terminals, timeouts, ref_random: float, ref_expert: float) -> np.ndarray:
@@ -151,7 +150,7 @@ def behavior_sample_reach(script, nets, checkpoint, data, teams: dict[str, np.nd
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     starts = episode_starts(data.terminals, data.timeouts)
-    step_in_episode = np.arange(len(data.rewards)) - np.repeat(starts, np.diff(np.append(starts, len(data.rewards))))
+    step_in_episode = steps_in_episode(starts, len(data.rewards))
     early = step_in_episode < first_steps if first_steps > 0 else np.ones(len(data.rewards), dtype=bool)
     out = {}
     for half, mask in (("expert half", expert_half & early), ("medium half", ~expert_half & early)):
@@ -187,7 +186,8 @@ def pitch_and_speed(states: np.ndarray) -> tuple[float, float, int]:
 
 @torch.no_grad()
 def held_out_rollouts(nets, checkpoint, episodes: int) -> list[dict]:
-    """The held-out episodes of held_out() again (same reset seeds), keeping each one's global states."""
+    """`episodes` decentralized episodes of the checkpoint's actors from reset seeds HELD_OUT_SEED+ (neither
+    training's nor the runs' own evaluations): each one's normalized score and global states."""
     meta, norm = checkpoint["meta"], checkpoint["normalizers"]
     act = osd_common.make_act_fn(nets["actors"], osd_common.Normalizer(norm["obs_mean"], norm["obs_std"]),
                                  torch.device("cpu"))
@@ -214,17 +214,17 @@ def nearest_data_distance(queries: np.ndarray, data_states: np.ndarray, scale: n
     return torch.cat(out).numpy() / np.sqrt(data_states.shape[1])
 
 
-def failure_anatomy(nets, checkpoint, data, episodes: int, reference_states: int = 50_000, seed: int = 0) -> dict:
-    """What the failed held-out episodes (score under FAILED_BELOW) have that the others do not: the share
-    whose torso pitched past FLIP_PITCH (on its back), the mean forward speed, and how far their states lie
-    from the data's (nearest_data_distance to `reference_states` random data states), against the same for
-    the data's own episodes."""
+def failure_anatomy(rollouts: list[dict], data, reference_states: int = 50_000, seed: int = 0) -> dict:
+    """What the failed held-out episodes (score under FAILED_BELOW) of `rollouts` (held_out_rollouts) have that
+    the others do not: the share whose torso pitched past FLIP_PITCH (on its back), the share stuck (standing
+    still to the end), the mean forward speed, and how far their states lie from the data's
+    (nearest_data_distance to `reference_states` random data states), against the same for the data's own
+    episodes; and per failed episode its score, the step it got stuck from and its final pitch."""
     starts = episode_starts(data.terminals, data.timeouts)
     ends = np.concatenate([starts[1:], [len(data.rewards)]])
     meta = data.meta
     data_rows = [(osd_common.normalized_score(float(data.rewards[a:b].sum()), meta["ref_random"], meta["ref_expert"]),
                   *pitch_and_speed(data.states[a:b])) for a, b in zip(starts, ends)]
-    rollouts = held_out_rollouts(nets, checkpoint, episodes)
     rows = [(r["score"], *pitch_and_speed(r["states"])) for r in rollouts]
     rng = np.random.default_rng(seed)
     reference = data.states[rng.choice(len(data.states), size=min(reference_states, len(data.states)), replace=False)]
@@ -240,17 +240,6 @@ def failure_anatomy(nets, checkpoint, data, episodes: int, reference_states: int
         return {"episodes": len(table), "flipped": float((pitch > FLIP_PITCH).mean()), "speed": float(speed.mean()),
                 "score": float(scores.mean()), "stuck": float((stuck >= 0).mean())}
 
-    # before the fall: the flipped episodes' states in the BEFORE_FLIP steps up to their first flip, against
-    # the unflipped episodes' states at the same steps (is the fall preceded by states the data lacks?)
-    flipped = [r for r in rollouts if (np.abs(r["states"][:, PITCH]) > FLIP_PITCH).any()]
-    upright = [r for r in rollouts if not (np.abs(r["states"][:, PITCH]) > FLIP_PITCH).any()]
-    before, same_steps = [], []
-    for r in flipped:
-        first = int(np.argmax(np.abs(r["states"][:, PITCH]) > FLIP_PITCH))
-        window = slice(max(0, first - BEFORE_FLIP), first)
-        before.append(float(np.median(nearest_data_distance(r["states"][window], reference, scale))) if first else float("nan"))
-        same_steps.append(float(np.median(np.concatenate([nearest_data_distance(u["states"][window], reference, scale)
-                                                          for u in upright[:20]]))) if first and upright else float("nan"))
     data_failed = np.array([row[0] < FAILED_BELOW for row in data_rows])
     return {"data, every episode": summary(data_rows, np.ones(len(data_rows), dtype=bool)),
             "data, failed": summary(data_rows, data_failed),
@@ -258,17 +247,12 @@ def failure_anatomy(nets, checkpoint, data, episodes: int, reference_states: int
             "held-out, the others": {**summary(rows, ~failed), "distance": float(np.mean(np.array(distance)[~failed]))},
             "failed episodes": [{"score": r["score"], "stuck from": row[3],
                                  "final pitch": float(r["states"][-STILL_STEPS:, PITCH].mean())}
-                                for r, row, bad in zip(rollouts, rows, failed) if bad],
-            "before the flip": {"episodes": len(flipped), "flipped": before, "upright": same_steps,
-                                "first": [int(np.argmax(np.abs(r["states"][:, PITCH]) > FLIP_PITCH)) for r in flipped]}}
+                                for r, row, bad in zip(rollouts, rows, failed) if bad]}
 
 
-def held_out(script, nets, checkpoint, episodes: int) -> dict:
-    normalizer = osd_common.Normalizer(checkpoint["normalizers"]["obs_mean"], checkpoint["normalizers"]["obs_std"])
-    result = osd_common.evaluate_actors(nets["actors"], normalizer, torch.device("cpu"), episodes, HELD_OUT_SEED,
-                                        checkpoint["meta"])
-    meta = checkpoint["meta"]
-    scores = np.array([osd_common.normalized_score(r, meta["ref_random"], meta["ref_expert"]) for r in result["returns"]])
+def held_out(rollouts: list[dict]) -> dict:
+    """Mean, median and share under FAILED_BELOW of the rollouts' normalized scores."""
+    scores = np.array([r["score"] for r in rollouts])
     return {"mean": float(scores.mean()), "median": float(np.median(scores)), "failed": float((scores < FAILED_BELOW).mean())}
 
 
@@ -288,6 +272,8 @@ def main(argv=None) -> int:
     parser.add_argument("--value-temperatures", type=float, nargs="*", default=[0.07, 0.2, 0.7],
                         help="temperatures of the scripts' phase-1b weights (docs/algorithm.md eq. (6.1)) to report")
     args = parser.parse_args(argv)
+    if args.failures and args.episodes < 1:
+        parser.error("--failures looks at the held-out episodes: pass --episodes 1 or more (default 100)")
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
@@ -306,8 +292,10 @@ def main(argv=None) -> int:
     print("| checkpoint | held-out mean | median | under 50 | to expert team (expert / medium half) | to medium team (expert / medium half) |")
     print("|---|---|---|---|---|---|")
     rows = [("the data's actions", None, distances(data_joint, teams, expert_half))]
+    rollouts = []  # per checkpoint, its held-out episodes (rolled out once: the table and --failures share them)
     for path, (script, checkpoint, _, nets, _) in zip(args.checkpoints, runs):
-        rows.append((pathlib.Path(path).name, held_out(script, nets, checkpoint, args.episodes) if args.episodes else None,
+        rollouts.append(held_out_rollouts(nets, checkpoint, args.episodes) if args.episodes else [])
+        rows.append((pathlib.Path(path).name, held_out(rollouts[-1]) if args.episodes else None,
                      distances(actor_joint_actions(script, nets, checkpoint, data), teams, expert_half)))
     for name, episodes, near in rows:
         score = (f"{episodes['mean']:.1f} | {episodes['median']:.1f} | {episodes['failed']:.0%}" if episodes else "- | - | -")
@@ -346,14 +334,14 @@ def main(argv=None) -> int:
             cells = [result[f"{kind} to {team}"] for kind in ("nearest", "Q's best") for team in ("expert team", "medium team")]
             print(f"| {half} | " + " | ".join(f"{cell:.3f}" for cell in cells) + " |")
     if args.failures:
-        anatomy = failure_anatomy(nets, checkpoint, data, args.episodes or 100)
+        anatomy = failure_anatomy(rollouts[0], data)
         print(f"\nFailed episodes (score under {FAILED_BELOW:g}) of {pathlib.Path(args.checkpoints[0]).name}, "
               f"held-out, against the data's (distance: median over an episode's states of the RMS standardized "
               "distance to the nearest of 50,000 data states):\n")
         print("| episodes | count | mean score | torso past 90 degrees (on its back) | standing still to the end | "
               "mean forward speed | distance to the data |")
         print("|---|---|---|---|---|---|---|")
-        flips, failed_episodes = anatomy.pop("before the flip"), anatomy.pop("failed episodes")
+        failed_episodes = anatomy.pop("failed episodes")
         for name, row in anatomy.items():
             if not row["episodes"]:
                 print(f"| {name} | 0 | - | - | - | - | - |")
@@ -365,10 +353,7 @@ def main(argv=None) -> int:
               f"{STILL_STEPS} steps; the data's 1-99% pitch: {np.percentile(data.states[:, PITCH], 1):.2f} to "
               f"{np.percentile(data.states[:, PITCH], 99):.2f}): "
               + "; ".join(f"{e['score']:.1f}, {e['stuck from']}, {e['final pitch']:.2f}" for e in failed_episodes))
-        if flips["episodes"]:
-            print(f"\nHeld-out episodes that flipped: {flips['episodes']}, first at steps {flips['first']}; distance to the "
-                  f"data in the {BEFORE_FLIP} steps before: " + ", ".join(f"{d:.3f}" for d in flips["flipped"])
-                  + "; upright episodes at the same steps: " + ", ".join(f"{d:.3f}" for d in flips["upright"]))
+
     return 0
 
 

@@ -158,7 +158,8 @@ def test_nan_guard_stops_with_a_clear_message(algorithm):
 @pytest.mark.parametrize("script, flag, value", [
     ("osd_mpe.py", "eval_every", 0), ("osd_mamujoco.py", "policy_steps", 0), ("osd_mpe.py", "critic_steps", -1),
     ("baselines/bc.py", "final_eval_episodes", 0), ("baselines/matd3_bc.py", "batch_size", -4),
-    ("osd_mpe.py", "seed", -5), ("baselines/bc.py", "seed", -1), ("osd_mamujoco.py", "beta", -0.1)])
+    ("osd_mpe.py", "seed", -5), ("baselines/bc.py", "seed", -1), ("osd_mamujoco.py", "beta", -0.1),
+    ("osd_mpe.py", "value_weighted_steps", -1)])
 def test_a_budget_below_its_minimum_is_refused_naming_its_flag(script, flag, value):
     module = load_module(REPO / script)
 
@@ -172,6 +173,16 @@ def test_a_budget_below_its_minimum_is_refused_naming_its_flag(script, flag, val
     low = osd_common.FLAG_MINIMUMS.get(flag, 1)
     with pytest.raises(SystemExit, match=f"{module.PROGRAM}: --{flag.replace('_', '-')} is {value}; it must be at least {low}"):
         resolve(module.Args(**{flag: value}))
+
+
+@pytest.mark.parametrize("script", ["osd_mpe.py", "osd_mamujoco.py"])
+def test_a_zero_or_negative_value_weighted_temperature_is_refused(script):
+    """Phase 1b divides by T: 0 would make its weights NaN, so it stops before any work, naming the flag."""
+    module = load_module(REPO / script)
+    assert osd_common.resolve_budgets(module.PROGRAM, module.Args(value_weighted_temperature=0.5), module.PRESETS)
+    for value in (0.0, -0.1):
+        with pytest.raises(SystemExit, match=f"{module.PROGRAM}: --value-weighted-temperature is {value}; it must be above 0.0"):
+            osd_common.resolve_budgets(module.PROGRAM, module.Args(value_weighted_temperature=value), module.PRESETS)
 
 
 def test_unknown_task_is_refused(tmp_path):

@@ -426,6 +426,7 @@ def test_critic_check_ranks_returns_and_compares_actor_and_data_actions(trained_
     long_episode[-1] = 1  # one 10-step episode ending in a timeout; at gamma 0.5, gamma^7 <= 0.01 < gamma^6
     _, usable = critic_check.returns_to_go(np.ones(10, dtype=np.float32), np.zeros(10), long_episode, 0.5)
     assert usable.tolist() == [True] * 3 + [False] * 7
+    assert critic_check.steps_in_episode(np.array([0, 3]), 5).tolist() == [0, 1, 2, 0, 1]
 
     monkeypatch.chdir(trained_run)  # the runs name their dataset relative to it
     (path,) = (trained_run / "checkpoints").glob("mpe_simple_spread__first__3__*.pt")

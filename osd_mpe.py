@@ -72,7 +72,7 @@ class Args:
     expectile: float = 0.7  # IQL expectile of V's regression on min_k Q_target
     tau: float = 0.005  # Polyak rate of the target Q
     # value-weighted behavior fine-tune after phase 1 (our addition, docs/algorithm.md §6)
-    value_weighted_steps: int | None = None  # phase 1b: behavior steps on batches drawn by Q (0: off; None: VALUE_WEIGHTED_STEPS_BY_TIER)
+    value_weighted_steps: int | None = None  # phase 1b: behavior steps on batches drawn by Q (0: off; None: VALUE_WEIGHTED_STEPS_BY_TASK_TIER)
     value_weighted_temperature: float = 0.07  # phase 1b's T: weights min(exp(z / T), 100), z = Q(s, a) standardized over the data
     # actors (§5)
     beta: float | None = None  # weight (at least 0) of the Q term in (5.2); None: the tier's, BETA_BY_TIER
@@ -107,9 +107,10 @@ PRESETS = {
 # The runs behind each value: docs/osd_mpe_notes.md §8, §12 and §14.1.
 BETA_BY_TIER = {"mixed": 0.3, "balanced": 0.01, "mixed-balanced": 0.01, "mixed-expert-noisy": 0.01}
 DEFAULT_BETA = 0.3
-# Phase 1b's steps per tier (docs/algorithm.md §6), 0 elsewhere: off on every MPE tier for now; spread `mixed`
-# gains with it on the tuning seed and seeds 1-3, tag and world `mixed` are unmeasured (docs/q_term_notes.md §5.9.2).
-VALUE_WEIGHTED_STEPS_BY_TIER: dict[str, int] = {}
+# Phase 1b's steps per (task, tier) (docs/algorithm.md §6), 0 elsewhere: on for spread `mixed`, where it gained
+# on the tuning seed 0; tag and world `mixed` were not measured, so keyed by task as well as tier
+# (docs/q_term_notes.md §5.9.2).
+VALUE_WEIGHTED_STEPS_BY_TASK_TIER: dict[tuple[str, str], int] = {("mpe/simple_spread", "mixed"): 10_000}
 
 
 # ---- Diffusion: VP-SDE (docs/algorithm.md §3)
@@ -410,8 +411,8 @@ if __name__ == "__main__":
     algorithm = osd_common.omsd_algorithm_name(args)  # from the flags, before the tier's beta fills in
     if args.beta is None:  # the tier's beta (BETA_BY_TIER) unless --beta is given
         args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
-    if args.value_weighted_steps is None:  # the tier's fine-tune (VALUE_WEIGHTED_STEPS_BY_TIER) unless given
-        args.value_weighted_steps = VALUE_WEIGHTED_STEPS_BY_TIER.get(meta.get("tier"), 0)
+    if args.value_weighted_steps is None:  # the task and tier's fine-tune (VALUE_WEIGHTED_STEPS_BY_TASK_TIER) unless given
+        args.value_weighted_steps = VALUE_WEIGHTED_STEPS_BY_TASK_TIER.get((args.task, meta.get("tier")), 0)
     # ---- the data on the training device, standardized once with dataset statistics (docs/algorithm.md §6)
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     n_agents, n_transitions = meta["n_agents"], len(data.rewards)

@@ -73,7 +73,8 @@ VARIANTS = {
 # per run. `smoke` checks in seconds that every cell runs end to end; its scores mean nothing.
 BUDGETS = {
     "smoke": {
-        "omsd": {"pretrain-steps": 200, "critic-steps": 200, "policy-steps": 200, "eval-every": 100, "eval-episodes": 2, "final-eval-episodes": 2},
+        "omsd": {"pretrain-steps": 200, "critic-steps": 200, "policy-steps": 200, "eval-every": 100, "eval-episodes": 2,
+                 "final-eval-episodes": 2, "value-weighted-steps": 20},  # phase 1b runs on every tier, briefly
         "bc": {"total-steps": 200, "eval-every": 100, "eval-episodes": 2, "final-eval-episodes": 2},
         "matd3-bc": {"total-steps": 200, "eval-every": 100, "eval-episodes": 2, "final-eval-episodes": 2},
     },

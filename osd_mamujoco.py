@@ -6,7 +6,8 @@ built on SRPO's score-regularized policy extraction. Four parts, each under its 
 2. sequential decomposition: agent i's behavior score is conditioned on its predecessors' actions (§2);
 3. critics: twin joint-action Q(s, a_1..a_N) and V(s), trained in-sample with IQL (§4);
 4. actors: decentralized a_i = pi_i(o_i), pulled toward high Q and the conditional behavior score (§5);
-then the two training phases (§6). The algorithm is osd_mpe.py's, written out again (tests/test_scripts_agree.py
+then the training phases (§6: behavior model and critics; the value-weighted fine-tune where the
+per-tier table turns it on; actors). The algorithm is osd_mpe.py's, written out again (tests/test_scripts_agree.py
 keeps the two identical); MaMuJoCo's are the tasks, tiers, budgets and betas. Measured: docs/osd_mamujoco_notes.md.
 
     python osd_mamujoco.py --seed 1                            # HalfCheetah-2x3, tier medium-expert; --help: every flag

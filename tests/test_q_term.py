@@ -190,6 +190,19 @@ def test_value_sampling_weights_rank_by_q_cap_and_ignore_the_reward_scale(script
     assert torch.allclose(script.value_sampling_weights(100.0 * q - 7.0, 0.5), weights)
 
 
+def test_per_tier_tables_name_real_tasks_and_tiers():
+    """The scripts look their per-tier defaults up by the data's task and tier with a fallback, so a key
+    with a typo would never match and silently leave the default off: every key must be a valid name."""
+    import osd_common
+
+    for table in (osd_mpe.BETA_BY_TIER, osd_mamujoco.BETA_BY_TIER, osd_mamujoco.VALUE_WEIGHTED_STEPS_BY_TIER):
+        assert set(table) <= set(osd_common.TIERS), table
+    assert set(osd_mamujoco.BETA_BY_TIER) | set(osd_mamujoco.VALUE_WEIGHTED_STEPS_BY_TIER) <= set(osd_mamujoco.MAMUJOCO_TIERS)
+    for task, tier in osd_mpe.VALUE_WEIGHTED_STEPS_BY_TASK_TIER:
+        assert task in osd_common.MPE_TASKS and tier in osd_common.TIERS, (task, tier)
+    assert osd_mpe.VALUE_WEIGHTED_STEPS_BY_TASK_TIER[("mpe/simple_spread", "mixed")] > 0  # the main job's tier
+
+
 def test_value_weighted_finetune_lets_beta0_actors_follow_the_better_team():
     """A quarter of the data from a good team, the rest from a poor one, on shared contexts
     (benchmarks/pooled_teams_game.py): beta-0 actors follow the denser, poor team's mode on nearly every

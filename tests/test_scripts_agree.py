@@ -6,8 +6,8 @@ What may differ, and nothing else:
 - the header docstring and PROGRAM (the script's name in messages);
 - in Args: the defaults and help of EXP_NAME_TASK_TIER plus the help text of every flag (budget and
   data descriptions); the flags themselves, their types and every other default are the same;
-- everything between Args and the first algorithm banner: PRESETS (the budgets), the per-tier beta table
-  (BETA_BY_TIER, DEFAULT_BETA) and MaMuJoCo's tier list and example splits;
+- everything between Args and the first algorithm banner: PRESETS (the budgets), the per-tier tables
+  (BETA_BY_TIER, DEFAULT_BETA, phase 1b's steps) and MaMuJoCo's tier list and example splits;
 - in the main block, the data section (task and tier checks, dataset generation): from
   `# ---- data:` to `# ---- the data on the training device`.
 """

@@ -72,7 +72,7 @@ class Args:
     actor_lr: float = 3e-4  # Adam learning rate of each actor (cosine decay to 0)
     # critics (§4)
     gamma: float = 0.99  # discount factor
-    expectile: float = 0.7  # IQL expectile of V's regression on min_k Q_target
+    expectile: float | None = None  # IQL expectile of V's regression on min_k Q_target; None: the tier's, EXPECTILE_BY_TIER
     tau: float = 0.005  # Polyak rate of the target Q
     # value-weighted behavior fine-tune after phase 1 (our addition, docs/algorithm.md §6)
     value_weighted_steps: int | None = None  # phase 1b: behavior steps on batches drawn by Q (0: off; None: VALUE_WEIGHTED_STEPS_BY_TIER)
@@ -115,6 +115,9 @@ DEFAULT_BETA = 0.05
 # batches move it to the expert team's (T chosen on seed 0; docs/q_term_notes.md §5.9.2). The single-team
 # tiers were measured and keep it off (§5.9.2).
 VALUE_WEIGHTED_STEPS_BY_TIER: dict[str, int] = {"medium-expert": 10_000}
+# IQL's expectile per tier: the default everywhere (the authors tuned it per dataset over {0.5, 0.7, 0.9}).
+EXPECTILE_BY_TIER: dict[str, float] = {}
+DEFAULT_EXPECTILE = 0.7
 # below this many critic steps Q has reached less than ~92% of its values (1 - 0.99^(0.005 N), §4), and a
 # beta above 0.05 follows a critic that sees a few dozen steps ahead (docs/q_term_notes.md §5.1-5.2)
 CRITIC_STEPS_FOR_BETA = 50_000
@@ -448,9 +451,11 @@ if __name__ == "__main__":
     evaluable = osd_common.check_env_fits_data(PROGRAM, data, args.task, args.record is not None)
 
     algorithm = osd_common.omsd_algorithm_name(args)  # from the flags, before the tier's beta fills in
-    if args.beta is None:  # the tier's beta (BETA_BY_TIER) unless --beta is given
+    if args.beta is None:  # the tier's defaults unless the flag is given
         args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
-    if args.value_weighted_steps is None:  # the tier's fine-tune (VALUE_WEIGHTED_STEPS_BY_TIER) unless given
+    if args.expectile is None:
+        args.expectile = EXPECTILE_BY_TIER.get(meta.get("tier"), DEFAULT_EXPECTILE)
+    if args.value_weighted_steps is None:
         args.value_weighted_steps = VALUE_WEIGHTED_STEPS_BY_TIER.get(meta.get("tier"), 0)
     if args.beta > 0.05 and args.critic_steps < CRITIC_STEPS_FOR_BETA and args.pretrained is None:
         print(f"note: beta {args.beta} with {args.critic_steps} critic steps: the critic will not have converged "

@@ -70,10 +70,10 @@ class Args:
     actor_lr: float = 3e-4  # Adam learning rate of each actor (cosine decay to 0)
     # critics (§4)
     gamma: float = 0.99  # discount factor
-    expectile: float = 0.7  # IQL expectile of V's regression on min_k Q_target
+    expectile: float | None = None  # IQL expectile of V's regression on min_k Q_target; None: the tier's, EXPECTILE_BY_TIER
     tau: float = 0.005  # Polyak rate of the target Q
     # value-weighted behavior fine-tune after phase 1 (our addition, docs/algorithm.md §6)
-    value_weighted_steps: int | None = None  # phase 1b: behavior steps on batches drawn by Q (0: off; None: VALUE_WEIGHTED_STEPS_BY_TASK_TIER)
+    value_weighted_steps: int | None = None  # phase 1b: behavior steps on batches drawn by Q (0: off; None: VALUE_WEIGHTED_STEPS_BY_TIER)
     value_weighted_temperature: float = 0.07  # phase 1b's T: weights min(exp(z / T), 100), z = Q(s, a) standardized over the data
     # actors (§5)
     beta: float | None = None  # weight (at least 0) of the Q term in (5.2); None: the tier's, BETA_BY_TIER
@@ -102,16 +102,21 @@ PRESETS = {
 }
 
 
-# The Q term's weight per MPE tier: 0.01 where the regularizer must keep the expert conventions apart
-# (mixed-expert-noisy, chosen there; the balanced tiers took it), 0.3 on `mixed`, whose medium and random
-# episodes leave room for the critic (chosen on seed 0); every other tier keeps 0.3 until it is measured.
-# The runs behind each value: docs/osd_mpe_notes.md §8, §12 and §14.1.
-BETA_BY_TIER = {"mixed": 0.3, "balanced": 0.01, "mixed-balanced": 0.01, "mixed-expert-noisy": 0.01}
+# Per-tier defaults, each chosen on tuning seed 0 (docs/osd_mpe_notes.md §8, §12, §14.1; docs/q_term_notes.md
+# §5.8.2, §5.9.2). A key is a tier (every MPE task) or a (task, tier) pair (that task only; it wins over the
+# tier's): a value measured on one task is not assumed for the others.
+# The Q term's weight: 0.01 where the regularizer must keep the expert conventions apart (mixed-expert-noisy,
+# chosen there; the balanced tiers took it), 0.3 on `mixed`, whose medium and random episodes leave room for
+# the critic, and 1.0 on tag `random` with the 0.9 expectile below; every other tier keeps 0.3 until measured.
+BETA_BY_TIER = {"mixed": 0.3, "balanced": 0.01, "mixed-balanced": 0.01, "mixed-expert-noisy": 0.01,
+                ("mpe/simple_tag", "random"): 1.0}
 DEFAULT_BETA = 0.3
-# Phase 1b's steps per (task, tier) (docs/algorithm.md §6), 0 elsewhere: on for spread `mixed`, where it gained
-# on the tuning seed 0; tag and world `mixed` were not measured, so keyed by task as well as tier
-# (docs/q_term_notes.md §5.9.2).
-VALUE_WEIGHTED_STEPS_BY_TASK_TIER: dict[tuple[str, str], int] = {("mpe/simple_spread", "mixed"): 10_000}
+# IQL's expectile: on tag's uniform data V at 0.7 is about the value of acting at random from the next step,
+# and the Q term has nothing to climb; at 0.9 it leans toward the best actions the data holds.
+EXPECTILE_BY_TIER = {("mpe/simple_tag", "random"): 0.9}
+DEFAULT_EXPECTILE = 0.7
+# Phase 1b's steps (docs/algorithm.md §6), 0 elsewhere: on for spread `mixed`; tag and world `mixed` unmeasured.
+VALUE_WEIGHTED_STEPS_BY_TIER = {("mpe/simple_spread", "mixed"): 10_000}
 
 
 # ---- Diffusion: VP-SDE (docs/algorithm.md §3)
@@ -410,10 +415,15 @@ if __name__ == "__main__":
     evaluable = osd_common.check_env_fits_data(PROGRAM, data, args.task, args.record is not None)
 
     algorithm = osd_common.omsd_algorithm_name(args)  # from the flags, before the tier's beta fills in
-    if args.beta is None:  # the tier's beta (BETA_BY_TIER) unless --beta is given
-        args.beta = BETA_BY_TIER.get(meta.get("tier"), DEFAULT_BETA)
-    if args.value_weighted_steps is None:  # the task and tier's fine-tune (VALUE_WEIGHTED_STEPS_BY_TASK_TIER) unless given
-        args.value_weighted_steps = VALUE_WEIGHTED_STEPS_BY_TASK_TIER.get((args.task, meta.get("tier")), 0)
+    def tier_default(table: dict, default):  # the (task, tier) entry, else the tier's, else the default
+        return table.get((args.task, meta.get("tier")), table.get(meta.get("tier"), default))
+
+    if args.beta is None:  # the tier's defaults unless the flag is given
+        args.beta = tier_default(BETA_BY_TIER, DEFAULT_BETA)
+    if args.expectile is None:
+        args.expectile = tier_default(EXPECTILE_BY_TIER, DEFAULT_EXPECTILE)
+    if args.value_weighted_steps is None:
+        args.value_weighted_steps = tier_default(VALUE_WEIGHTED_STEPS_BY_TIER, 0)
     # ---- the data on the training device, standardized once with dataset statistics (docs/algorithm.md §6)
     run_name = f"{args.task.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     n_agents, n_transitions = meta["n_agents"], len(data.rewards)

@@ -192,15 +192,17 @@ def test_value_sampling_weights_rank_by_q_cap_and_ignore_the_reward_scale(script
 
 def test_per_tier_tables_name_real_tasks_and_tiers():
     """The scripts look their per-tier defaults up by the data's task and tier with a fallback, so a key
-    with a typo would never match and silently leave the default off: every key must be a valid name."""
+    with a typo would never match and silently leave the default in place: every key must be a valid name."""
     import osd_common
 
-    for table in (osd_mpe.BETA_BY_TIER, osd_mamujoco.BETA_BY_TIER, osd_mamujoco.VALUE_WEIGHTED_STEPS_BY_TIER):
-        assert set(table) <= set(osd_common.TIERS), table
-    assert set(osd_mamujoco.BETA_BY_TIER) | set(osd_mamujoco.VALUE_WEIGHTED_STEPS_BY_TIER) <= set(osd_mamujoco.MAMUJOCO_TIERS)
-    for task, tier in osd_mpe.VALUE_WEIGHTED_STEPS_BY_TASK_TIER:
-        assert task in osd_common.MPE_TASKS and tier in osd_common.TIERS, (task, tier)
-    assert osd_mpe.VALUE_WEIGHTED_STEPS_BY_TASK_TIER[("mpe/simple_spread", "mixed")] > 0  # the main job's tier
+    for table in (osd_mpe.BETA_BY_TIER, osd_mpe.EXPECTILE_BY_TIER, osd_mpe.VALUE_WEIGHTED_STEPS_BY_TIER):
+        for key in table:  # a tier (every MPE task) or a (task, tier) pair
+            task, tier = key if isinstance(key, tuple) else (None, key)
+            assert task in (None, *osd_common.MPE_TASKS) and tier in osd_common.TIERS, key
+    for table in (osd_mamujoco.BETA_BY_TIER, osd_mamujoco.EXPECTILE_BY_TIER, osd_mamujoco.VALUE_WEIGHTED_STEPS_BY_TIER):
+        assert set(table) <= set(osd_mamujoco.MAMUJOCO_TIERS), table
+    assert osd_mpe.VALUE_WEIGHTED_STEPS_BY_TIER[("mpe/simple_spread", "mixed")] > 0  # the main job's tier
+    assert 0 < osd_mpe.EXPECTILE_BY_TIER[("mpe/simple_tag", "random")] < 1
 
 
 def test_value_weighted_finetune_lets_beta0_actors_follow_the_better_team():

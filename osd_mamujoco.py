@@ -505,7 +505,7 @@ if __name__ == "__main__":
     phase1_steps = max(args.pretrain_steps, args.critic_steps)
     value_weighted_steps = args.value_weighted_steps  # phase 1b's steps in this run
     if args.pretrained is not None:  # phase 1 of another run on the same data, with the same networks
-        must_match = ("decomposition", "random_order", "behavior_condition", "score_width", "score_blocks", "hidden_dim")
+        must_match = ("decomposition", "random_order", "behavior_condition", "score_width", "score_blocks", "hidden_dim", "expectile")
         pretrained = osd_common.load_pretrained(PROGRAM, args.pretrained, meta, data.path, args, must_match, device)
         for name in ("score_net", "q_net", "q_target", "v_net"):
             nets[name].load_state_dict(pretrained[name])

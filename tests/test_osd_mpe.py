@@ -255,7 +255,21 @@ def test_training_writes_tensorboard_scalars_and_checkpoint(trained_run):
     assert checkpoint["args"]["seed"] == 3 and checkpoint["args"]["policy_steps"] == 20
     assert checkpoint["args"]["beta"] == 0.3  # no --beta: the tier's default (BETA_BY_TIER; random -> 0.3)
     assert checkpoint["args"]["value_weighted_steps"] == 0  # the tier's (none for random): no phase 1b
+    assert checkpoint["args"]["expectile"] == osd_mpe.DEFAULT_EXPECTILE  # tag's random entry is for tag only
     assert checkpoint["meta"]["task"] == "mpe/simple_spread" and checkpoint["meta"]["obs_dims"] == [18, 18, 18]
+
+
+def test_a_task_and_tier_entry_sets_that_task_s_defaults(tmp_path):
+    """Tag `random` has its own beta and expectile ((task, tier) keys); no flag given, the run takes them."""
+    import generate  # datasets/generate.py
+
+    generate.generate("mpe/simple_tag", "random", out=tmp_path / "tag.npz", episodes=2, progress=False)
+    result = run_script(tmp_path, "--dataset", "tag.npz", "--seed", "1", *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint_path,) = (tmp_path / "checkpoints").glob("mpe_simple_tag__*.pt")
+    saved = torch.load(checkpoint_path, weights_only=False)["args"]
+    assert saved["beta"] == osd_mpe.BETA_BY_TIER[("mpe/simple_tag", "random")] != osd_mpe.DEFAULT_BETA
+    assert saved["expectile"] == osd_mpe.EXPECTILE_BY_TIER[("mpe/simple_tag", "random")] != osd_mpe.DEFAULT_EXPECTILE
 
 
 def test_same_seed_gives_identical_losses_and_weights(trained_run):
@@ -318,6 +332,10 @@ def test_pretrained_skips_phase_one_and_refuses_other_settings(trained_run):
     result = run_script(trained_run, "--dataset", "tiny.npz", "--pretrained", checkpoint, "--decomposition",
                         "independent", *TINY_FLAGS)
     assert result.returncode != 0 and "was trained with --decomposition sequential" in result.stderr
+    # the critics were fitted at the checkpoint's expectile: a run claiming another is refused, not recorded wrongly
+    result = run_script(trained_run, "--dataset", "tiny.npz", "--pretrained", checkpoint, "--expectile", "0.9",
+                        *TINY_FLAGS)
+    assert result.returncode != 0 and "was trained with --expectile 0.7" in result.stderr
 
 
 def test_value_weighted_finetune_logs_saves_and_is_never_applied_twice(trained_run):

@@ -102,7 +102,7 @@ PRESETS = {
 }
 
 
-# Per-tier defaults, each chosen on tuning seed 0 (docs/osd_mpe_notes.md §8, §12, §14.1; docs/q_term_notes.md
+# Per-tier defaults, each chosen on tuning seed 0 (docs/osd_mpe_notes.md §8, §12, §14.1, §14.3; docs/q_term_notes.md
 # §5.8.2, §5.9.2). A key is a tier (every MPE task) or a (task, tier) pair (that task only; it wins over the
 # tier's): a value measured on one task is not assumed for the others.
 # The Q term's weight: 0.01 where the regularizer must keep the expert conventions apart (mixed-expert-noisy,

@@ -353,7 +353,6 @@ def main(argv=None) -> int:
               f"{STILL_STEPS} steps; the data's 1-99% pitch: {np.percentile(data.states[:, PITCH], 1):.2f} to "
               f"{np.percentile(data.states[:, PITCH], 99):.2f}): "
               + "; ".join(f"{e['score']:.1f}, {e['stuck from']}, {e['final pitch']:.2f}" for e in failed_episodes))
-
     return 0
 
 

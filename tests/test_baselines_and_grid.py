@@ -185,6 +185,16 @@ def test_a_zero_or_negative_value_weighted_temperature_is_refused(script):
             osd_common.resolve_budgets(module.PROGRAM, module.Args(value_weighted_temperature=value), module.PRESETS)
 
 
+@pytest.mark.parametrize("script", ["osd_mpe.py", "osd_mamujoco.py"])
+def test_an_expectile_outside_zero_one_is_refused(script):
+    """IQL's expectile weights residuals by tau and 1 - tau: outside (0, 1) one side gets a negative weight."""
+    module = load_module(REPO / script)
+    assert osd_common.resolve_budgets(module.PROGRAM, module.Args(expectile=0.9), module.PRESETS)
+    for value in (0.0, 1.0, 1.5):
+        with pytest.raises(SystemExit, match=f"{module.PROGRAM}: --expectile is {value}; it must lie between 0 and 1"):
+            osd_common.resolve_budgets(module.PROGRAM, module.Args(expectile=value), module.PRESETS)
+
+
 def test_unknown_task_is_refused(tmp_path):
     process = run_script(BASELINES["bc"], "--task", "mpe/simple_nothing", cwd=tmp_path)
     assert process.returncode != 0 and "unknown task 'mpe/simple_nothing'" in process.stderr

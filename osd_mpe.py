@@ -102,12 +102,12 @@ PRESETS = {
 }
 
 
-# Per-tier defaults, each chosen on tuning seed 0 (docs/osd_mpe_notes.md §8, §12, §14.1, §14.3; docs/q_term_notes.md
-# §5.8.2, §5.9.2). A key is a tier (every MPE task) or a (task, tier) pair (that task only; it wins over the
-# tier's): a value measured on one task is not assumed for the others.
+# Per-tier defaults, chosen on tuning seed 0 where measured (docs/osd_mpe_notes.md §8.1, §12, §14.1, §14.3;
+# docs/q_term_notes.md §5.8.2, §5.9.2). A key is a tier (every MPE task) or a (task, tier) pair (that task only;
+# it wins over the tier's): a value measured on one task is not assumed for the others.
 # The Q term's weight: 0.01 where the regularizer must keep the expert conventions apart (mixed-expert-noisy,
-# chosen there; the balanced tiers took it), 0.3 on `mixed`, whose medium and random episodes leave room for
-# the critic, and 1.0 on tag `random` with the 0.9 expectile below; every other tier keeps 0.3 until measured.
+# chosen there; the balanced tiers took it untuned), 0.3 on `mixed`, whose medium and random episodes leave room
+# for the critic, and 1.0 on tag `random` with the 0.9 expectile below; every other tier keeps 0.3 until measured.
 BETA_BY_TIER = {"mixed": 0.3, "balanced": 0.01, "mixed-balanced": 0.01, "mixed-expert-noisy": 0.01,
                 ("mpe/simple_tag", "random"): 1.0}
 DEFAULT_BETA = 0.3

@@ -658,8 +658,9 @@ def evaluate(act_fn: Callable[[list[np.ndarray]], list[np.ndarray]], task: str, 
 # ---------------------------------------------------------------------------------------------------
 # the smallest value each flag accepts (resolve_budgets); every other budget must be at least 1
 FLAG_MINIMUMS = {"seed": 0, "pretrain_steps": 0, "critic_steps": 0, "beta": 0, "value_weighted_steps": 0}
-FLAG_ABOVE = {"value_weighted_temperature": 0.0}  # flags that must be strictly above this (a divisor)
-FLAG_OPEN_UNIT = ("expectile",)  # flags that must lie strictly between 0 and 1
+# flags that must lie strictly inside (low, high): phase 1b's temperature is a divisor; IQL's expectile weights
+# residuals by tau and 1 - tau, so at 0 or 1 one side gets no weight and outside a negative one
+FLAG_OPEN_BOUNDS = {"value_weighted_temperature": (0.0, math.inf), "expectile": (0.0, 1.0)}
 # --capture-video: (every how many env steps a frame is kept, image scale) per task family. HalfCheetah
 # steps 0.05 s, so every 2nd frame at 10 fps plays in real time; MuJoCo renders on the CPU at ~0.1 s a frame.
 VIDEO_SETTINGS = {"mpe/": (1, 1.0), "mamujoco/": (2, 0.5)}
@@ -667,8 +668,8 @@ VIDEO_SETTINGS = {"mpe/": (1, 1.0), "mamujoco/": (2, 0.5)}
 
 def resolve_budgets(program: str, args, presets: dict):
     """Fill every budget left at None from `presets[args.preset]` (flags given explicitly win), then stop
-    with the flag named when a value is below its minimum (FLAG_MINIMUMS, else 1), not above its bound
-    (FLAG_ABOVE) or outside (0, 1) (FLAG_OPEN_UNIT): a clear error, not a numpy traceback (negative seed) or a division by zero later."""
+    with the flag named when a value is below its minimum (FLAG_MINIMUMS, else 1) or outside its open
+    interval (FLAG_OPEN_BOUNDS): a clear error, not a numpy traceback (negative seed) or a division by zero later."""
     for name, value in presets[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -676,14 +677,11 @@ def resolve_budgets(program: str, args, presets: dict):
         value, low = getattr(args, name, None), FLAG_MINIMUMS.get(name, 1)
         if value is not None and value < low:
             raise SystemExit(f"{program}: --{name.replace('_', '-')} is {value}; it must be at least {low}")
-    for name, low in FLAG_ABOVE.items():
+    for name, (low, high) in FLAG_OPEN_BOUNDS.items():
         value = getattr(args, name, None)
-        if value is not None and not value > low:
-            raise SystemExit(f"{program}: --{name.replace('_', '-')} is {value}; it must be above {low}")
-    for name in FLAG_OPEN_UNIT:
-        value = getattr(args, name, None)
-        if value is not None and not 0 < value < 1:
-            raise SystemExit(f"{program}: --{name.replace('_', '-')} is {value}; it must lie between 0 and 1 (exclusive)")
+        if value is not None and not low < value < high:
+            bound = f"above {low}" if high == math.inf else f"between {low:g} and {high:g} (exclusive)"
+            raise SystemExit(f"{program}: --{name.replace('_', '-')} is {value}; it must be {bound}")
     return args
 
 

@@ -191,7 +191,7 @@ def test_an_expectile_outside_zero_one_is_refused(script):
     module = load_module(REPO / script)
     assert osd_common.resolve_budgets(module.PROGRAM, module.Args(expectile=0.9), module.PRESETS)
     for value in (0.0, 1.0, 1.5):
-        with pytest.raises(SystemExit, match=f"{module.PROGRAM}: --expectile is {value}; it must lie between 0 and 1"):
+        with pytest.raises(SystemExit, match=f"{module.PROGRAM}: --expectile is {value}; it must be between 0 and 1"):
             osd_common.resolve_budgets(module.PROGRAM, module.Args(expectile=value), module.PRESETS)
 
 
